@@ -1,0 +1,135 @@
+//! Typed errors of the core, each mapped to the SQLSTATE the extension raises.
+//!
+//! Messages never contain key bytes or plaintext: they name lengths, versions and
+//! key identifiers at most. The pgrx layer turns `Error::sqlstate()` into the report.
+
+/// The SQLSTATE classes pg_dscsa raises (see docs/ERRORS.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqlState {
+    /// 22P02 invalid_text_representation: not a well-formed envelope.
+    InvalidTextRepresentation,
+    /// 22023 invalid_parameter_value: a bad argument (context, scope, name).
+    InvalidParameterValue,
+    /// 54000 program_limit_exceeded: plaintext or context above the documented maximum.
+    ProgramLimitExceeded,
+    /// XX001 data_corrupted: GCM authentication failed (tampered, wrong key or wrong context).
+    DataCorrupted,
+    /// 55000 object_not_in_prerequisite_state: the key is not loaded in this session.
+    ObjectNotInPrerequisiteState,
+    /// 42704 undefined_object: no such key or key version in the keyring.
+    UndefinedObject,
+    /// 38000 external_routine_exception: the KMS hook failed, hung or answered garbage.
+    ExternalRoutineException,
+    /// 22021 character_not_in_repertoire: decrypted bytes are not valid text.
+    CharacterNotInRepertoire,
+    /// 58000 system_error: the operating system's random source failed.
+    SystemError,
+}
+
+impl SqlState {
+    /// The five-character code, for documentation and tests.
+    pub fn code(self) -> &'static str {
+        match self {
+            SqlState::InvalidTextRepresentation => "22P02",
+            SqlState::InvalidParameterValue => "22023",
+            SqlState::ProgramLimitExceeded => "54000",
+            SqlState::DataCorrupted => "XX001",
+            SqlState::ObjectNotInPrerequisiteState => "55000",
+            SqlState::UndefinedObject => "42704",
+            SqlState::ExternalRoutineException => "38000",
+            SqlState::CharacterNotInRepertoire => "22021",
+            SqlState::SystemError => "58000",
+        }
+    }
+}
+
+/// Every failure the core can report.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("malformed pg_dscsa envelope: {0}")]
+    MalformedEnvelope(&'static str),
+    #[error("unsupported pg_dscsa envelope version {0}")]
+    UnsupportedVersion(u8),
+    #[error("unknown pg_dscsa field kind {0}")]
+    UnknownFieldKind(u8),
+    #[error("pg_dscsa value is a {found} ciphertext, not a {expected} ciphertext")]
+    FieldKindMismatch {
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error("ciphertext authentication failed")]
+    AuthenticationFailed,
+    #[error("plaintext is {len} bytes, more than the maximum of {max} bytes")]
+    PlaintextTooLong { len: usize, max: usize },
+    #[error("context is {len} bytes, more than the maximum of {max} bytes")]
+    ContextTooLong { len: usize, max: usize },
+    #[error("a data key must be exactly 32 bytes, got {0}")]
+    BadKeyLength(usize),
+    #[error("KMS hook failed: {0}")]
+    Kms(String),
+    #[error("the operating system random source failed: {0}")]
+    RandomSource(String),
+    #[error("key id {0} that this value was encrypted with is not loaded in this session")]
+    KeyVersionNotLoaded(u32),
+    #[error("no active version of key \"{0}\" is loaded in this session")]
+    NoActiveKeyLoaded(String),
+    #[error("key \"{0}\" does not exist or has no usable version")]
+    UnknownKey(String),
+    #[error("the KMS hook returned a data key for key id {0} that does not match the keyring's key check value")]
+    KeyCheckFailed(u32),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("decrypted value is not valid in the database encoding")]
+    InvalidTextEncoding,
+}
+
+impl Error {
+    pub fn sqlstate(&self) -> SqlState {
+        match self {
+            Error::MalformedEnvelope(_) | Error::UnsupportedVersion(_) | Error::UnknownFieldKind(_) => {
+                SqlState::InvalidTextRepresentation
+            }
+            Error::FieldKindMismatch { .. } | Error::BadKeyLength(_) => {
+                SqlState::InvalidParameterValue
+            }
+            Error::AuthenticationFailed => SqlState::DataCorrupted,
+            Error::PlaintextTooLong { .. } | Error::ContextTooLong { .. } => {
+                SqlState::ProgramLimitExceeded
+            }
+            Error::Kms(_) => SqlState::ExternalRoutineException,
+            Error::RandomSource(_) => SqlState::SystemError,
+            Error::KeyVersionNotLoaded(_) | Error::NoActiveKeyLoaded(_) => {
+                SqlState::ObjectNotInPrerequisiteState
+            }
+            Error::UnknownKey(_) => SqlState::UndefinedObject,
+            Error::KeyCheckFailed(_) => SqlState::ExternalRoutineException,
+            Error::InvalidArgument(_) => SqlState::InvalidParameterValue,
+            Error::InvalidTextEncoding => SqlState::CharacterNotInRepertoire,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_has_a_documented_sqlstate() {
+        let cases = [
+            (Error::MalformedEnvelope("x"), "22P02"),
+            (Error::UnsupportedVersion(9), "22P02"),
+            (Error::AuthenticationFailed, "XX001"),
+            (Error::PlaintextTooLong { len: 2, max: 1 }, "54000"),
+            (Error::Kms("x".into()), "38000"),
+            (Error::KeyVersionNotLoaded(1), "55000"),
+            (Error::UnknownKey("k".into()), "42704"),
+            (Error::InvalidArgument("x".into()), "22023"),
+        ];
+        for (err, code) in cases {
+            assert_eq!(err.sqlstate().code(), code, "{err}");
+        }
+        assert_eq!(Error::AuthenticationFailed.to_string(), "ciphertext authentication failed");
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

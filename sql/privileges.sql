@@ -1,0 +1,65 @@
+-- pg_dscsa: roles and privileges. PUBLIC gets nothing.
+--
+--   dscsa_admin   key administration: create/rotate keys, read the keyring metadata.
+--   dscsa_writer  encrypt only (a packaging line): cannot decrypt.
+--   dscsa_reader  decrypt (and encrypt, to write back what it reads).
+-- Roles are cluster-wide, so they are created only if missing and are not dropped
+-- with the extension.
+
+DO $$
+DECLARE
+    r text;
+BEGIN
+    FOREACH r IN ARRAY ARRAY['dscsa_admin', 'dscsa_writer', 'dscsa_reader'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
+            EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', r);
+        END IF;
+    END LOOP;
+END
+$$;
+
+REVOKE ALL ON SCHEMA dscsa FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA dscsa FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA dscsa FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA dscsa FROM PUBLIC;
+REVOKE ALL ON TYPE dscsa.encrypted, dscsa.gtin_encrypted, dscsa.serial_encrypted,
+    dscsa.lot_encrypted, dscsa.expiry_encrypted FROM PUBLIC;
+
+GRANT USAGE ON SCHEMA dscsa TO dscsa_admin, dscsa_writer, dscsa_reader;
+GRANT USAGE ON TYPE dscsa.encrypted, dscsa.gtin_encrypted, dscsa.serial_encrypted,
+    dscsa.lot_encrypted, dscsa.expiry_encrypted TO dscsa_admin, dscsa_writer, dscsa_reader;
+
+-- Header inspection needs no key; the domain CHECKs call envelope_kind on every write.
+GRANT EXECUTE ON FUNCTION
+    dscsa.envelope_version(dscsa.encrypted), dscsa.envelope_kind(dscsa.encrypted),
+    dscsa.envelope_key_id(dscsa.encrypted), dscsa.envelope_nonce(dscsa.encrypted),
+    dscsa.envelope_bytes(dscsa.encrypted), dscsa.to_encrypted(bytea),
+    dscsa.load_key(text, text), dscsa.unload_key(text), dscsa.unload_all_keys(),
+    dscsa.loaded_keys()
+    TO dscsa_admin, dscsa_writer, dscsa_reader;
+
+GRANT EXECUTE ON FUNCTION
+    dscsa.dscsa_encrypt(text), dscsa.dscsa_encrypt(text, text),
+    dscsa.dscsa_encrypt_gtin(text), dscsa.dscsa_encrypt_gtin(text, text),
+    dscsa.dscsa_encrypt_serial(text), dscsa.dscsa_encrypt_serial(text, text),
+    dscsa.dscsa_encrypt_lot(text), dscsa.dscsa_encrypt_lot(text, text),
+    dscsa.dscsa_encrypt_expiry(text), dscsa.dscsa_encrypt_expiry(text, text)
+    TO dscsa_writer, dscsa_reader;
+
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN
+        SELECT p.oid::regprocedure
+          FROM pg_catalog.pg_proc p
+         WHERE p.pronamespace = 'dscsa'::regnamespace
+           AND p.proname IN ('dscsa_decrypt', 'dscsa_try_decrypt')
+    LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO dscsa_reader', f);
+    END LOOP;
+END
+$$;
+
+GRANT EXECUTE ON FUNCTION dscsa.create_key(text, text), dscsa.rotate_key(text, text) TO dscsa_admin;
+GRANT SELECT ON dscsa.keyring TO dscsa_admin;

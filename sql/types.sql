@@ -1,0 +1,60 @@
+-- pg_dscsa: the encrypted base type and the DSCSA field domains.
+-- Values of dscsa.encrypted are only ever v1 envelopes (docs/FORMAT.md); there are no
+-- casts to or from text and no comparison operators, by design.
+
+CREATE TYPE dscsa.encrypted;
+
+CREATE FUNCTION dscsa.encrypted_in(cstring) RETURNS dscsa.encrypted
+    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_encrypted_in';
+CREATE FUNCTION dscsa.encrypted_out(dscsa.encrypted) RETURNS cstring
+    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_encrypted_out';
+CREATE FUNCTION dscsa.encrypted_recv(internal) RETURNS dscsa.encrypted
+    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_encrypted_recv';
+CREATE FUNCTION dscsa.encrypted_send(dscsa.encrypted) RETURNS bytea
+    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_encrypted_send';
+
+CREATE TYPE dscsa.encrypted (
+    INPUT = dscsa.encrypted_in,
+    OUTPUT = dscsa.encrypted_out,
+    RECEIVE = dscsa.encrypted_recv,
+    SEND = dscsa.encrypted_send,
+    INTERNALLENGTH = VARIABLE,
+    ALIGNMENT = int4,
+    -- Ciphertext does not compress: never try.
+    STORAGE = external,
+    CATEGORY = 'U'
+);
+COMMENT ON TYPE dscsa.encrypted IS
+    'AES-256-GCM envelope (docs/FORMAT.md). Text form: dscsa:<base64url>. Decrypt with dscsa_decrypt().';
+
+-- Read-only views of the public envelope header; no key needed.
+CREATE FUNCTION dscsa.envelope_version(dscsa.encrypted) RETURNS smallint
+    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'envelope_version_wrapper';
+CREATE FUNCTION dscsa.envelope_kind(dscsa.encrypted) RETURNS text
+    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'envelope_kind_wrapper';
+CREATE FUNCTION dscsa.envelope_key_id(dscsa.encrypted) RETURNS bigint
+    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'envelope_key_id_wrapper';
+CREATE FUNCTION dscsa.envelope_nonce(dscsa.encrypted) RETURNS bytea
+    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'envelope_nonce_wrapper';
+
+-- Raw bytes in and out, for tools that move envelopes as bytea. The input is checked.
+CREATE FUNCTION dscsa.envelope_bytes(dscsa.encrypted) RETURNS bytea
+    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_encrypted_send';
+CREATE FUNCTION dscsa.to_encrypted(bytea) RETURNS dscsa.encrypted
+    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_encrypted_from_bytea';
+
+-- One domain per DSCSA product-identifier field. The field kind sits in the
+-- authenticated header, so a value of one kind fails the CHECK of another's domain
+-- and cannot be decrypted as another kind.
+CREATE DOMAIN dscsa.gtin_encrypted AS dscsa.encrypted
+    CONSTRAINT gtin_envelope CHECK (dscsa.envelope_kind(VALUE) = 'gtin');
+CREATE DOMAIN dscsa.serial_encrypted AS dscsa.encrypted
+    CONSTRAINT serial_envelope CHECK (dscsa.envelope_kind(VALUE) = 'serial');
+CREATE DOMAIN dscsa.lot_encrypted AS dscsa.encrypted
+    CONSTRAINT lot_envelope CHECK (dscsa.envelope_kind(VALUE) = 'lot');
+CREATE DOMAIN dscsa.expiry_encrypted AS dscsa.encrypted
+    CONSTRAINT expiry_envelope CHECK (dscsa.envelope_kind(VALUE) = 'expiry');
+COMMENT ON DOMAIN dscsa.gtin_encrypted IS 'Encrypted GTIN (AI 01); made by dscsa_encrypt_gtin().';
+COMMENT ON DOMAIN dscsa.serial_encrypted IS 'Encrypted serial number (AI 21); made by dscsa_encrypt_serial().';
+COMMENT ON DOMAIN dscsa.lot_encrypted IS 'Encrypted lot/batch (AI 10); made by dscsa_encrypt_lot().';
+COMMENT ON DOMAIN dscsa.expiry_encrypted IS 'Encrypted expiry (AI 17); made by dscsa_encrypt_expiry().';

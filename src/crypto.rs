@@ -1,0 +1,136 @@
+//! dscsa_encrypt / dscsa_decrypt / dscsa_try_decrypt and their per-field variants.
+//!
+//! One symbol serves the `(value)` and `(value, context)` overloads. The domain variants
+//! (gtin, serial, lot, expiry) write or require their field kind in the authenticated
+//! header, which acts as a built-in context: a serial ciphertext cannot be stored in a
+//! lot column (domain CHECK) nor decrypted as a lot (kind check, then GCM).
+
+use dscsa_core::cipher::{check_plaintext, open_into, seal_into};
+use dscsa_core::envelope::{check_context, envelope_len, Envelope, FieldKind};
+use dscsa_core::{Error, Result};
+use pgrx::pg_sys;
+
+use crate::error::{raise, OrRaise};
+use crate::fmgr::{arg_bytes, new_varlena, optional_arg_bytes, pg_v1_function, return_null};
+use crate::{guc, keys};
+
+/// # Safety
+/// Called only from the V1 functions below, whose SQL declarations are STRICT.
+unsafe fn encrypt(fcinfo: pg_sys::FunctionCallInfo, kind: FieldKind) -> pg_sys::Datum {
+    let plaintext = arg_bytes(fcinfo, 0);
+    let context = optional_arg_bytes(fcinfo, 1);
+    check_plaintext(plaintext).or_raise();
+    check_context(context).or_raise();
+    let nonce = keys::next_nonce().or_raise();
+    let (ptr, out) = new_varlena(envelope_len(plaintext.len()));
+    keys::with_active_key(guc::key_name(), |key_id, key| {
+        seal_into(key, key_id, kind, context, nonce, plaintext, out)
+    })
+    .and_then(|sealed| sealed)
+    .or_raise();
+    pg_sys::Datum::from(ptr)
+}
+
+fn valid_in_database_encoding(bytes: &[u8]) -> bool {
+    // SAFETY: pg_verifymbstr only reads `len` bytes and, with noError, never raises.
+    unsafe { pg_sys::pg_verifymbstr(bytes.as_ptr().cast(), bytes.len() as i32, true) }
+}
+
+fn decrypt_to_text(envelope: &[u8], context: &[u8], expect: Option<FieldKind>) -> Result<pg_sys::Datum> {
+    let env = Envelope::parse(envelope)?;
+    if let Some(expected) = expect {
+        if env.kind != expected {
+            return Err(Error::FieldKindMismatch {
+                expected: expected.name(),
+                found: env.kind.name(),
+            });
+        }
+    }
+    check_context(context)?;
+    let (ptr, out) = new_varlena(env.plaintext_len());
+    keys::with_key_id(env.key_id, |key| open_into(key, &env, context, out))??;
+    if !valid_in_database_encoding(out) {
+        zeroize::Zeroize::zeroize(out);
+        return Err(Error::InvalidTextEncoding);
+    }
+    Ok(pg_sys::Datum::from(ptr))
+}
+
+/// Errors that mean "this value is bad", for which the try variants return NULL. A key
+/// that is not loaded or a bad argument still raises: a scan must not silently turn
+/// every row into NULL because of a configuration mistake.
+fn is_bad_value(err: &Error) -> bool {
+    matches!(
+        err,
+        Error::AuthenticationFailed
+            | Error::MalformedEnvelope(_)
+            | Error::UnsupportedVersion(_)
+            | Error::UnknownFieldKind(_)
+            | Error::FieldKindMismatch { .. }
+            | Error::InvalidTextEncoding
+    )
+}
+
+/// # Safety
+/// Called only from the V1 functions below, whose SQL declarations are STRICT.
+unsafe fn decrypt(
+    fcinfo: pg_sys::FunctionCallInfo,
+    expect: Option<FieldKind>,
+    null_on_bad_value: bool,
+) -> pg_sys::Datum {
+    let envelope = arg_bytes(fcinfo, 0);
+    let context = optional_arg_bytes(fcinfo, 1);
+    match decrypt_to_text(envelope, context, expect) {
+        Ok(datum) => datum,
+        Err(e) if null_on_bad_value && is_bad_value(&e) => return_null(fcinfo),
+        Err(e) => raise(e),
+    }
+}
+
+macro_rules! field_functions {
+    ($kind:expr, $enc:ident, $enc_finfo:ident, $dec:ident, $dec_finfo:ident, $try:ident, $try_finfo:ident, $expect:expr) => {
+        // SAFETY (all three): PostgreSQL calls these with a valid fcinfo, and the SQL
+        // declarations are STRICT with varlena arguments.
+        pg_v1_function!(fn $enc, $enc_finfo, |fcinfo| unsafe { encrypt(fcinfo, $kind) });
+        pg_v1_function!(fn $dec, $dec_finfo, |fcinfo| unsafe { decrypt(fcinfo, $expect, false) });
+        pg_v1_function!(fn $try, $try_finfo, |fcinfo| unsafe { decrypt(fcinfo, $expect, true) });
+    };
+}
+
+// The generic functions decrypt any kind (the kind is still authenticated); the field
+// functions accept only their own kind.
+field_functions!(
+    FieldKind::Generic,
+    dscsa_encrypt, pg_finfo_dscsa_encrypt,
+    dscsa_decrypt, pg_finfo_dscsa_decrypt,
+    dscsa_try_decrypt, pg_finfo_dscsa_try_decrypt,
+    None
+);
+field_functions!(
+    FieldKind::Gtin,
+    dscsa_encrypt_gtin, pg_finfo_dscsa_encrypt_gtin,
+    dscsa_decrypt_gtin, pg_finfo_dscsa_decrypt_gtin,
+    dscsa_try_decrypt_gtin, pg_finfo_dscsa_try_decrypt_gtin,
+    Some(FieldKind::Gtin)
+);
+field_functions!(
+    FieldKind::Serial,
+    dscsa_encrypt_serial, pg_finfo_dscsa_encrypt_serial,
+    dscsa_decrypt_serial, pg_finfo_dscsa_decrypt_serial,
+    dscsa_try_decrypt_serial, pg_finfo_dscsa_try_decrypt_serial,
+    Some(FieldKind::Serial)
+);
+field_functions!(
+    FieldKind::Lot,
+    dscsa_encrypt_lot, pg_finfo_dscsa_encrypt_lot,
+    dscsa_decrypt_lot, pg_finfo_dscsa_decrypt_lot,
+    dscsa_try_decrypt_lot, pg_finfo_dscsa_try_decrypt_lot,
+    Some(FieldKind::Lot)
+);
+field_functions!(
+    FieldKind::Expiry,
+    dscsa_encrypt_expiry, pg_finfo_dscsa_encrypt_expiry,
+    dscsa_decrypt_expiry, pg_finfo_dscsa_decrypt_expiry,
+    dscsa_try_decrypt_expiry, pg_finfo_dscsa_try_decrypt_expiry,
+    Some(FieldKind::Expiry)
+);

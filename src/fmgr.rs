@@ -1,0 +1,89 @@
+//! Minimal helpers for version-1 C functions written by hand.
+//!
+//! The hot functions (encrypt, decrypt, type I/O) are plain `fcinfo` functions rather than
+//! `#[pg_extern]`: their SQL signatures use our own base type and domains (declared in
+//! sql/), one symbol serves the one- and two-argument overloads (PG_NARGS), and results are
+//! written straight into a palloc'd varlena with no intermediate Rust copy.
+
+use pgrx::pg_sys;
+use pgrx::varlena::{set_varsize_4b, varlena_to_byte_slice};
+
+/// Declares `pg_finfo_<name>` and a `#[pg_guard]`ed V1 function `<name>` that calls
+/// `handler(fcinfo)`; the handler is a closure whose body may use `unsafe`.
+macro_rules! pg_v1_function {
+    ($(#[$doc:meta])* fn $name:ident, $finfo:ident, $handler:expr) => {
+        #[unsafe(no_mangle)]
+        #[doc(hidden)]
+        pub extern "C" fn $finfo() -> &'static pgrx::pg_sys::Pg_finfo_record {
+            const V1: pgrx::pg_sys::Pg_finfo_record = pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
+            &V1
+        }
+
+        $(#[$doc])*
+        #[pgrx::pg_guard]
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C-unwind" fn $name(fcinfo: pgrx::pg_sys::FunctionCallInfo) -> pgrx::pg_sys::Datum {
+            let handler: fn(pgrx::pg_sys::FunctionCallInfo) -> pgrx::pg_sys::Datum = $handler;
+            handler(fcinfo)
+        }
+    };
+}
+pub(crate) use pg_v1_function;
+
+/// Number of arguments of this call (PG_NARGS).
+///
+/// # Safety
+/// `fcinfo` must be the call's valid FunctionCallInfo.
+pub unsafe fn nargs(fcinfo: pg_sys::FunctionCallInfo) -> usize {
+    (*fcinfo).nargs as usize
+}
+
+/// Detoasted bytes of varlena argument `n` (text, bytea, dscsa.encrypted).
+///
+/// # Safety
+/// Argument `n` must exist, be non-NULL and be a varlena.
+pub unsafe fn arg_bytes<'a>(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> &'a [u8] {
+    let datum = pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, n);
+    let varlena = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
+    varlena_to_byte_slice(varlena)
+}
+
+/// Optional trailing varlena argument (empty when absent).
+///
+/// # Safety
+/// As `arg_bytes`, for an argument that exists when `nargs > n`.
+pub unsafe fn optional_arg_bytes<'a>(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> &'a [u8] {
+    if nargs(fcinfo) > n {
+        arg_bytes(fcinfo, n)
+    } else {
+        &[]
+    }
+}
+
+/// Sets the call's result to NULL.
+///
+/// # Safety
+/// `fcinfo` must be the call's valid FunctionCallInfo.
+pub unsafe fn return_null(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    pgrx::fcinfo::pg_return_null(fcinfo)
+}
+
+/// A new varlena of `len` data bytes in the current memory context, and its data area.
+pub fn new_varlena<'a>(len: usize) -> (*mut pg_sys::varlena, &'a mut [u8]) {
+    let total = len + pg_sys::VARHDRSZ;
+    // SAFETY: palloc either returns `total` writable bytes or raises an ERROR; the data
+    // area starts right after the 4-byte header.
+    unsafe {
+        let ptr = pg_sys::palloc(total).cast::<pg_sys::varlena>();
+        set_varsize_4b(ptr, total as i32);
+        let data = std::slice::from_raw_parts_mut(ptr.cast::<u8>().add(pg_sys::VARHDRSZ), len);
+        (ptr, data)
+    }
+}
+
+/// A varlena holding a copy of `bytes`.
+pub fn varlena_from(bytes: &[u8]) -> pg_sys::Datum {
+    let (ptr, data) = new_varlena(bytes.len());
+    data.copy_from_slice(bytes);
+    pg_sys::Datum::from(ptr)
+}

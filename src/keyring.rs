@@ -1,0 +1,177 @@
+//! Session key management: the Rust side of dscsa.load_key(), unload_key(),
+//! loaded_keys() and of creating a new wrapped key. The keyring table itself and the
+//! SECURITY DEFINER wrappers that read it are SQL (sql/keyring.sql).
+
+use dscsa_core::cipher::DataKey;
+use dscsa_core::keycheck::key_check_value;
+use dscsa_core::kms::Operation;
+use dscsa_core::nonce::generate_data_key;
+use dscsa_core::Error;
+use pgrx::prelude::*;
+use zeroize::Zeroizing;
+
+use crate::error::{raise, OrRaise};
+use crate::keys::{self, Scope, SessionKey};
+use crate::kms;
+
+struct KeyringRow {
+    key_id: u32,
+    version: i32,
+    active: bool,
+    kek_ref: String,
+    wrapped_key: Vec<u8>,
+    key_check: Vec<u8>,
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> ! {
+    pgrx::error!("pg_dscsa: {what}: {e}")
+}
+
+fn to_key_id(id: i32) -> u32 {
+    u32::try_from(id).unwrap_or_else(|_| internal("keyring", "negative key_id"))
+}
+
+fn keyring_rows(key_name: &str) -> Vec<KeyringRow> {
+    Spi::connect(|client| {
+        let table = client.select(
+            "SELECT key_id, version, status = 'active', kek_ref, wrapped_key, key_check
+               FROM dscsa.keyring
+              WHERE key_name = $1 AND purpose = 'data' AND status IN ('active', 'decrypt_only')
+              ORDER BY version",
+            None,
+            &[key_name.into()],
+        )?;
+        let mut rows = Vec::new();
+        for row in table {
+            let missing = || pgrx::spi::Error::NoTupleTable;
+            rows.push(KeyringRow {
+                key_id: to_key_id(row.get::<i32>(1)?.ok_or_else(missing)?),
+                version: row.get::<i32>(2)?.ok_or_else(missing)?,
+                active: row.get::<bool>(3)?.ok_or_else(missing)?,
+                kek_ref: row.get::<String>(4)?.ok_or_else(missing)?,
+                wrapped_key: row.get::<Vec<u8>>(5)?.ok_or_else(missing)?,
+                key_check: row.get::<Vec<u8>>(6)?.ok_or_else(missing)?,
+            });
+        }
+        Ok::<_, pgrx::spi::Error>(rows)
+    })
+    .unwrap_or_else(|e| internal("reading the keyring failed", e))
+}
+
+fn unwrap_row(key_name: &str, row: &KeyringRow) -> Result<DataKey, Error> {
+    let response = kms::call(
+        Operation::Unwrap,
+        &row.kek_ref,
+        row.key_id,
+        key_name,
+        row.version as u32,
+        Zeroizing::new(row.wrapped_key.clone()),
+    )?;
+    if key_check_value(&response.data)[..] != row.key_check[..] {
+        return Err(Error::KeyCheckFailed(row.key_id));
+    }
+    DataKey::from_bytes(&response.data)
+}
+
+/// Unwraps every usable version of `key_name` not yet in this session. All or nothing:
+/// if any unwrap fails, the ones already unwrapped are dropped (zeroized) with the error.
+#[pg_extern(sql = false)]
+fn load_key(key_name: &str, scope: &str) -> i32 {
+    let scope = Scope::parse(scope).or_raise();
+    let rows = keyring_rows(key_name);
+    if rows.is_empty() {
+        raise(Error::UnknownKey(key_name.to_string()));
+    }
+    let mut fresh = Vec::new();
+    for row in &rows {
+        if keys::is_loaded(row.key_id) {
+            keys::refresh(row.key_id, row.active, scope);
+            continue;
+        }
+        let key = unwrap_row(key_name, row).or_raise();
+        fresh.push(SessionKey {
+            key_id: row.key_id,
+            name: key_name.to_string(),
+            version: row.version,
+            active: row.active,
+            scope,
+            key,
+        });
+    }
+    let active = rows.iter().find(|r| r.active).map(|r| r.key_id);
+    keys::insert_all(key_name, fresh, active);
+    rows.len() as i32
+}
+
+#[pg_extern(sql = false)]
+fn unload_key(key_name: &str) -> i32 {
+    keys::remove_where(|k| k.name == key_name) as i32
+}
+
+#[pg_extern(sql = false)]
+fn unload_all_keys() -> i32 {
+    keys::remove_where(|_| true) as i32
+}
+
+#[pg_extern(sql = false)]
+fn loaded_keys() -> TableIterator<
+    'static,
+    (
+        name!(key_name, String),
+        name!(version, i32),
+        name!(key_id, i32),
+        name!(active, bool),
+        name!(scope, String),
+    ),
+> {
+    TableIterator::new(
+        keys::snapshot()
+            .into_iter()
+            .map(|(name, version, id, active, scope)| {
+                (name, version, id as i32, active, scope.name().to_string())
+            }),
+    )
+}
+
+/// Generates a data key, has the hook wrap it, and checks the hook can unwrap it again
+/// before anything is encrypted under it. Returns only the wrapped form and check value.
+#[pg_extern(sql = false)]
+fn wrap_new_key(
+    key_id: i32,
+    key_name: &str,
+    version: i32,
+    kek: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(wrapped_key, Vec<u8>),
+        name!(kek_ref, String),
+        name!(key_check, Vec<u8>),
+    ),
+> {
+    let id = to_key_id(key_id);
+    let dek = generate_data_key().or_raise();
+    let check = key_check_value(&dek[..]);
+    let wrapped = kms::call(
+        Operation::Wrap,
+        kek,
+        id,
+        key_name,
+        version as u32,
+        Zeroizing::new(dek.to_vec()),
+    )
+    .or_raise();
+    let kek_ref = wrapped.kek.clone().unwrap_or_else(|| kek.to_string());
+    let row = KeyringRow {
+        key_id: id,
+        version,
+        active: true,
+        kek_ref: kek_ref.clone(),
+        wrapped_key: wrapped.data.to_vec(),
+        key_check: check.to_vec(),
+    };
+    // A hook that cannot unwrap what it wrapped would make every value encrypted under
+    // this key unrecoverable: refuse the key now.
+    drop(unwrap_row(key_name, &row).or_raise());
+    TableIterator::once((row.wrapped_key, kek_ref, row.key_check))
+}

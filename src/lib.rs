@@ -1,0 +1,42 @@
+//! pg_dscsa: AES-256-GCM field encryption for DSCSA serialization data.
+//!
+//! This crate is the thin PostgreSQL layer; the format, crypto, KMS protocol and hook
+//! runner live in the pure-Rust `dscsa-core` crate. The SQL surface (types, domains,
+//! functions, keyring, roles, grants) is written by hand in `sql/` and wired in here.
+
+use pgrx::prelude::*;
+
+mod crypto;
+mod error;
+mod fmgr;
+mod guc;
+mod keyring;
+mod keys;
+mod kms;
+mod type_io;
+
+::pgrx::pg_module_magic!(name, version);
+
+extension_sql_file!("../sql/types.sql", name = "types", bootstrap);
+extension_sql_file!("../sql/functions.sql", name = "functions", requires = ["types"]);
+extension_sql_file!("../sql/keyring.sql", name = "keyring", requires = ["functions"]);
+extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    guc::init();
+    keys::init();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+mod pg_tests;
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["dscsa.kms_timeout = 20000"]
+    }
+}
