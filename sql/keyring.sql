@@ -97,6 +97,12 @@ $$;
 COMMENT ON FUNCTION dscsa.rotate_key(text, text) IS
     'Adds a new active version of a key; the previous active version becomes decrypt-only.';
 
+-- Used on the decrypt error path to tell "key not loaded" from "no such key id".
+CREATE FUNCTION dscsa._key_exists(key_id integer) RETURNS boolean
+    LANGUAGE sql STABLE STRICT PARALLEL SAFE
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    RETURN EXISTS (SELECT 1 FROM dscsa.keyring k WHERE k.key_id = _key_exists.key_id);
+
 -- Session key management. load_key reads the keyring as the extension owner, so it is
 -- SECURITY DEFINER with a pinned search_path; the keys land in the caller's backend only.
 CREATE FUNCTION dscsa.load_key(key_name text, scope text DEFAULT 'session')

@@ -2,7 +2,7 @@
 --
 --   dscsa_admin   key administration: create/rotate keys, read the keyring metadata.
 --   dscsa_writer  encrypt only (a packaging line): cannot decrypt.
---   dscsa_reader  decrypt (and encrypt, to write back what it reads).
+--   dscsa_reader  decrypt only. An application that does both is granted both roles.
 -- Roles are cluster-wide, so they are created only if missing and are not dropped
 -- with the extension.
 
@@ -34,8 +34,9 @@ GRANT EXECUTE ON FUNCTION
     dscsa.envelope_version(dscsa.encrypted), dscsa.envelope_kind(dscsa.encrypted),
     dscsa.envelope_key_id(dscsa.encrypted), dscsa.envelope_nonce(dscsa.encrypted),
     dscsa.envelope_bytes(dscsa.encrypted), dscsa.to_encrypted(bytea),
+    dscsa.armor(dscsa.encrypted), dscsa.dearmor(text),
     dscsa.load_key(text, text), dscsa.unload_key(text), dscsa.unload_all_keys(),
-    dscsa.loaded_keys()
+    dscsa.loaded_keys(), dscsa._key_exists(integer)
     TO dscsa_admin, dscsa_writer, dscsa_reader;
 
 GRANT EXECUTE ON FUNCTION
@@ -44,7 +45,7 @@ GRANT EXECUTE ON FUNCTION
     dscsa.dscsa_encrypt_serial(text), dscsa.dscsa_encrypt_serial(text, text),
     dscsa.dscsa_encrypt_lot(text), dscsa.dscsa_encrypt_lot(text, text),
     dscsa.dscsa_encrypt_expiry(text), dscsa.dscsa_encrypt_expiry(text, text)
-    TO dscsa_writer, dscsa_reader;
+    TO dscsa_writer;
 
 DO $$
 DECLARE

@@ -58,3 +58,40 @@ COMMENT ON DOMAIN dscsa.gtin_encrypted IS 'Encrypted GTIN (AI 01); made by dscsa
 COMMENT ON DOMAIN dscsa.serial_encrypted IS 'Encrypted serial number (AI 21); made by dscsa_encrypt_serial().';
 COMMENT ON DOMAIN dscsa.lot_encrypted IS 'Encrypted lot/batch (AI 10); made by dscsa_encrypt_lot().';
 COMMENT ON DOMAIN dscsa.expiry_encrypted IS 'Encrypted expiry (AI 17); made by dscsa_encrypt_expiry().';
+
+-- The armored text form as explicit functions. Casts to and from text are refused (below),
+-- so that `col::text` can never be mistaken for decryption and `'...'::text::dscsa.encrypted`
+-- never for encryption.
+CREATE FUNCTION dscsa.armor(dscsa.encrypted) RETURNS text
+    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_armor';
+CREATE FUNCTION dscsa.dearmor(text) RETURNS dscsa.encrypted
+    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_dearmor';
+COMMENT ON FUNCTION dscsa.armor(dscsa.encrypted) IS 'The dscsa:... text form of an envelope (not a decryption).';
+COMMENT ON FUNCTION dscsa.dearmor(text) IS 'Parses the dscsa:... text form (not an encryption); rejects anything else.';
+
+-- PostgreSQL would otherwise allow explicit I/O-conversion casts between any type and
+-- the string types. These casts take precedence and refuse with a clear message.
+CREATE FUNCTION dscsa._refuse_cast_from_text(text) RETURNS dscsa.encrypted
+    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'cannot cast text to dscsa.encrypted'
+        USING ERRCODE = 'cannot_coerce',
+              HINT = 'Encrypt with dscsa_encrypt(); parse the dscsa:... text form with dscsa.dearmor().';
+END
+$$;
+CREATE FUNCTION dscsa._refuse_cast_to_text(dscsa.encrypted) RETURNS text
+    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'cannot cast dscsa.encrypted to text'
+        USING ERRCODE = 'cannot_coerce',
+              HINT = 'Decrypt with dscsa_decrypt(); get the dscsa:... text form with dscsa.armor().';
+END
+$$;
+CREATE FUNCTION dscsa._refuse_cast_from_varchar(varchar) RETURNS dscsa.encrypted
+    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE sql RETURN dscsa._refuse_cast_from_text($1::text);
+CREATE FUNCTION dscsa._refuse_cast_to_varchar(dscsa.encrypted) RETURNS varchar
+    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE sql RETURN dscsa._refuse_cast_to_text($1);
+CREATE CAST (text AS dscsa.encrypted) WITH FUNCTION dscsa._refuse_cast_from_text(text);
+CREATE CAST (dscsa.encrypted AS text) WITH FUNCTION dscsa._refuse_cast_to_text(dscsa.encrypted);
+CREATE CAST (varchar AS dscsa.encrypted) WITH FUNCTION dscsa._refuse_cast_from_varchar(varchar);
+CREATE CAST (dscsa.encrypted AS varchar) WITH FUNCTION dscsa._refuse_cast_to_varchar(dscsa.encrypted);

@@ -12,7 +12,7 @@ use pgrx::pg_sys;
 
 use crate::error::{raise, OrRaise};
 use crate::fmgr::{arg_bytes, new_varlena, optional_arg_bytes, pg_v1_function, return_null};
-use crate::{guc, keys};
+use crate::{guc, keyring, keys};
 
 /// # Safety
 /// Called only from the V1 functions below, whose SQL declarations are STRICT.
@@ -36,7 +36,11 @@ fn valid_in_database_encoding(bytes: &[u8]) -> bool {
     unsafe { pg_sys::pg_verifymbstr(bytes.as_ptr().cast(), bytes.len() as i32, true) }
 }
 
-fn decrypt_to_text(envelope: &[u8], context: &[u8], expect: Option<FieldKind>) -> Result<pg_sys::Datum> {
+fn decrypt_to_text(
+    envelope: &[u8],
+    context: &[u8],
+    expect: Option<FieldKind>,
+) -> Result<pg_sys::Datum> {
     let env = Envelope::parse(envelope)?;
     if let Some(expected) = expect {
         if env.kind != expected {
@@ -48,7 +52,16 @@ fn decrypt_to_text(envelope: &[u8], context: &[u8], expect: Option<FieldKind>) -
     }
     check_context(context)?;
     let (ptr, out) = new_varlena(env.plaintext_len());
-    keys::with_key_id(env.key_id, |key| open_into(key, &env, context, out))??;
+    keys::with_key_id(env.key_id, |key| open_into(key, &env, context, out)).map_err(
+        |e| match e {
+            // Tell a key that is merely not loaded from a key id no keyring entry has
+            // (a modified header, or data without its keyring): only on this error path.
+            Error::KeyVersionNotLoaded(id) if !keyring::key_exists(id) => {
+                Error::KeyNotInKeyring(id)
+            }
+            other => other,
+        },
+    )??;
     if !valid_in_database_encoding(out) {
         zeroize::Zeroize::zeroize(out);
         return Err(Error::InvalidTextEncoding);
@@ -68,6 +81,7 @@ fn is_bad_value(err: &Error) -> bool {
             | Error::UnknownFieldKind(_)
             | Error::FieldKindMismatch { .. }
             | Error::InvalidTextEncoding
+            | Error::KeyNotInKeyring(_)
     )
 }
 
@@ -101,36 +115,51 @@ macro_rules! field_functions {
 // functions accept only their own kind.
 field_functions!(
     FieldKind::Generic,
-    dscsa_encrypt, pg_finfo_dscsa_encrypt,
-    dscsa_decrypt, pg_finfo_dscsa_decrypt,
-    dscsa_try_decrypt, pg_finfo_dscsa_try_decrypt,
+    dscsa_encrypt,
+    pg_finfo_dscsa_encrypt,
+    dscsa_decrypt,
+    pg_finfo_dscsa_decrypt,
+    dscsa_try_decrypt,
+    pg_finfo_dscsa_try_decrypt,
     None
 );
 field_functions!(
     FieldKind::Gtin,
-    dscsa_encrypt_gtin, pg_finfo_dscsa_encrypt_gtin,
-    dscsa_decrypt_gtin, pg_finfo_dscsa_decrypt_gtin,
-    dscsa_try_decrypt_gtin, pg_finfo_dscsa_try_decrypt_gtin,
+    dscsa_encrypt_gtin,
+    pg_finfo_dscsa_encrypt_gtin,
+    dscsa_decrypt_gtin,
+    pg_finfo_dscsa_decrypt_gtin,
+    dscsa_try_decrypt_gtin,
+    pg_finfo_dscsa_try_decrypt_gtin,
     Some(FieldKind::Gtin)
 );
 field_functions!(
     FieldKind::Serial,
-    dscsa_encrypt_serial, pg_finfo_dscsa_encrypt_serial,
-    dscsa_decrypt_serial, pg_finfo_dscsa_decrypt_serial,
-    dscsa_try_decrypt_serial, pg_finfo_dscsa_try_decrypt_serial,
+    dscsa_encrypt_serial,
+    pg_finfo_dscsa_encrypt_serial,
+    dscsa_decrypt_serial,
+    pg_finfo_dscsa_decrypt_serial,
+    dscsa_try_decrypt_serial,
+    pg_finfo_dscsa_try_decrypt_serial,
     Some(FieldKind::Serial)
 );
 field_functions!(
     FieldKind::Lot,
-    dscsa_encrypt_lot, pg_finfo_dscsa_encrypt_lot,
-    dscsa_decrypt_lot, pg_finfo_dscsa_decrypt_lot,
-    dscsa_try_decrypt_lot, pg_finfo_dscsa_try_decrypt_lot,
+    dscsa_encrypt_lot,
+    pg_finfo_dscsa_encrypt_lot,
+    dscsa_decrypt_lot,
+    pg_finfo_dscsa_decrypt_lot,
+    dscsa_try_decrypt_lot,
+    pg_finfo_dscsa_try_decrypt_lot,
     Some(FieldKind::Lot)
 );
 field_functions!(
     FieldKind::Expiry,
-    dscsa_encrypt_expiry, pg_finfo_dscsa_encrypt_expiry,
-    dscsa_decrypt_expiry, pg_finfo_dscsa_decrypt_expiry,
-    dscsa_try_decrypt_expiry, pg_finfo_dscsa_try_decrypt_expiry,
+    dscsa_encrypt_expiry,
+    pg_finfo_dscsa_encrypt_expiry,
+    dscsa_decrypt_expiry,
+    pg_finfo_dscsa_decrypt_expiry,
+    dscsa_try_decrypt_expiry,
+    pg_finfo_dscsa_try_decrypt_expiry,
     Some(FieldKind::Expiry)
 );

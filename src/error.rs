@@ -30,6 +30,10 @@ fn hint(err: &Error) -> Option<String> {
             "The value was modified, or it is decrypted with another key, context or field kind than it was encrypted with. dscsa_try_decrypt() returns NULL instead."
                 .into(),
         ),
+        Error::KeyNotInKeyring(_) => Some(
+            "The value was modified, or it was copied from a database whose keyring was not restored with it."
+                .into(),
+        ),
         Error::KeyVersionNotLoaded(_) => {
             Some("Load the key this value was encrypted with: SELECT dscsa.load_key('key name');".into())
         }

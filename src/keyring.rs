@@ -73,6 +73,17 @@ fn unwrap_row(key_name: &str, row: &KeyringRow) -> Result<DataKey, Error> {
     DataKey::from_bytes(&response.data)
 }
 
+/// Whether any keyring entry has this key id (whatever its status). Asked through a
+/// SECURITY DEFINER function because decrypting roles cannot read the keyring.
+pub fn key_exists(key_id: u32) -> bool {
+    let Ok(id) = i32::try_from(key_id) else {
+        return false;
+    };
+    Spi::get_one_with_args::<bool>("SELECT dscsa._key_exists($1)", &[id.into()])
+        .unwrap_or_else(|e| internal("looking up a key id failed", e))
+        .unwrap_or(false)
+}
+
 /// Unwraps every usable version of `key_name` not yet in this session. All or nothing:
 /// if any unwrap fails, the ones already unwrapped are dropped (zeroized) with the error.
 #[pg_extern(sql = false)]

@@ -18,8 +18,16 @@ mod type_io;
 ::pgrx::pg_module_magic!(name, version);
 
 extension_sql_file!("../sql/types.sql", name = "types", bootstrap);
-extension_sql_file!("../sql/functions.sql", name = "functions", requires = ["types"]);
-extension_sql_file!("../sql/keyring.sql", name = "keyring", requires = ["functions"]);
+extension_sql_file!(
+    "../sql/functions.sql",
+    name = "functions",
+    requires = ["types"]
+);
+extension_sql_file!(
+    "../sql/keyring.sql",
+    name = "keyring",
+    requires = ["functions"]
+);
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 #[pg_guard]

@@ -33,7 +33,10 @@ mod tests {
             );
             assert_eq!(one_text(&q).as_deref(), Some(pt));
         }
-        assert_eq!(one_text("SELECT dscsa.dscsa_decrypt(dscsa.dscsa_encrypt(NULL::text))"), None);
+        assert_eq!(
+            one_text("SELECT dscsa.dscsa_decrypt(dscsa.dscsa_encrypt(NULL::text))"),
+            None
+        );
     }
 
     #[pg_test]
@@ -49,9 +52,10 @@ mod tests {
     #[pg_test]
     fn header_names_kind_and_key() {
         setup_key("t_header");
-        let id = Spi::get_one::<i32>("SELECT key_id FROM dscsa.keyring WHERE key_name = 't_header'")
-            .expect("query")
-            .expect("row");
+        let id =
+            Spi::get_one::<i32>("SELECT key_id FROM dscsa.keyring WHERE key_name = 't_header'")
+                .expect("query")
+                .expect("row");
         let got = Spi::get_two::<String, i64>(
             "SELECT dscsa.envelope_kind(v), dscsa.envelope_key_id(v) FROM (SELECT dscsa.dscsa_encrypt_serial('SN1')::dscsa.encrypted AS v) s",
         )
@@ -62,7 +66,8 @@ mod tests {
     #[pg_test(error = "ciphertext authentication failed")]
     fn wrong_context_fails() {
         setup_key("t_ctx");
-        Spi::run("SELECT dscsa.dscsa_decrypt(dscsa.dscsa_encrypt('x', 'erp.lot'), 'erp.serial')").expect("raises");
+        Spi::run("SELECT dscsa.dscsa_decrypt(dscsa.dscsa_encrypt('x', 'erp.lot'), 'erp.serial')")
+            .expect("raises");
     }
 
     #[pg_test(error = "malformed pg_dscsa envelope: text does not start with \"dscsa:\"")]
@@ -70,10 +75,13 @@ mod tests {
         Spi::run("SELECT 'SN123'::dscsa.encrypted").expect("raises");
     }
 
-    #[pg_test(error = "value for domain dscsa.lot_encrypted violates check constraint \"lot_envelope\"")]
+    #[pg_test(
+        error = "value for domain dscsa.lot_encrypted violates check constraint \"lot_envelope\""
+    )]
     fn serial_cannot_be_stored_as_lot() {
         setup_key("t_domain");
-        Spi::run("SELECT dscsa.dscsa_encrypt_serial('SN1')::dscsa.encrypted::dscsa.lot_encrypted").expect("raises");
+        Spi::run("SELECT dscsa.dscsa_encrypt_serial('SN1')::dscsa.encrypted::dscsa.lot_encrypted")
+            .expect("raises");
     }
 
     #[pg_test(error = "pg_dscsa value is a serial ciphertext, not a lot ciphertext")]
@@ -108,31 +116,48 @@ mod tests {
     #[pg_test(error = "no active version of key \"t_unload\" is loaded in this session")]
     fn unload_forgets_the_key() {
         setup_key("t_unload");
-        let ct = one_text("SELECT dscsa.dscsa_encrypt('x')::text").expect("ciphertext");
+        let ct = one_text("SELECT dscsa.armor(dscsa.dscsa_encrypt('x'))").expect("ciphertext");
         assert!(ct.starts_with("dscsa:"));
         assert_eq!(
-            Spi::get_one::<i64>("SELECT count(*) FROM dscsa.loaded_keys() WHERE key_name = 't_unload'").expect("q"),
+            Spi::get_one::<i64>(
+                "SELECT count(*) FROM dscsa.loaded_keys() WHERE key_name = 't_unload'"
+            )
+            .expect("q"),
             Some(1)
         );
-        assert_eq!(Spi::get_one::<i32>("SELECT dscsa.unload_key('t_unload')").expect("q"), Some(1));
-        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM dscsa.loaded_keys()").expect("q"), Some(0));
+        assert_eq!(
+            Spi::get_one::<i32>("SELECT dscsa.unload_key('t_unload')").expect("q"),
+            Some(1)
+        );
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM dscsa.loaded_keys()").expect("q"),
+            Some(0)
+        );
         Spi::run("SELECT dscsa.dscsa_encrypt('y')").expect("raises");
     }
 
     #[pg_test]
     fn rotation_keeps_old_versions_decryptable() {
         setup_key("t_rotate");
-        let old = one_text("SELECT dscsa.dscsa_encrypt('before')::text").expect("ct");
+        let old = one_text("SELECT dscsa.armor(dscsa.dscsa_encrypt('before'))").expect("ct");
         Spi::run("SELECT dscsa.rotate_key('t_rotate')").expect("rotate");
-        assert_eq!(Spi::get_one::<i32>("SELECT dscsa.load_key('t_rotate')").expect("q"), Some(2));
-        let new_id = Spi::get_one::<i64>("SELECT dscsa.envelope_key_id(dscsa.dscsa_encrypt('after'))").expect("q");
+        assert_eq!(
+            Spi::get_one::<i32>("SELECT dscsa.load_key('t_rotate')").expect("q"),
+            Some(2)
+        );
+        let new_id =
+            Spi::get_one::<i64>("SELECT dscsa.envelope_key_id(dscsa.dscsa_encrypt('after'))")
+                .expect("q");
         let active = Spi::get_one::<i32>(
             "SELECT key_id FROM dscsa.keyring WHERE key_name = 't_rotate' AND status = 'active'",
         )
         .expect("q");
         assert_eq!(new_id, active.map(i64::from));
         assert_eq!(
-            one_text(&format!("SELECT dscsa.dscsa_decrypt('{old}'::dscsa.encrypted)")).as_deref(),
+            one_text(&format!(
+                "SELECT dscsa.dscsa_decrypt(dscsa.dearmor('{old}'))"
+            ))
+            .as_deref(),
             Some("before")
         );
     }

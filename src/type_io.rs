@@ -34,6 +34,17 @@ pg_v1_function!(fn dscsa_encrypted_out, pg_finfo_dscsa_encrypted_out, |fcinfo| u
     pg_sys::Datum::from(out)
 });
 
+pg_v1_function!(fn dscsa_armor, pg_finfo_dscsa_armor, |fcinfo| unsafe {
+    varlena_from(armor::encode(arg_bytes(fcinfo, 0)).as_bytes())
+});
+
+pg_v1_function!(fn dscsa_dearmor, pg_finfo_dscsa_dearmor, |fcinfo| unsafe {
+    let text = std::str::from_utf8(arg_bytes(fcinfo, 0))
+        .map_err(|_| Error::MalformedEnvelope("text is not valid UTF-8"))
+        .or_raise();
+    varlena_from(&armor::decode(text).or_raise())
+});
+
 pg_v1_function!(fn dscsa_encrypted_recv, pg_finfo_dscsa_encrypted_recv, |fcinfo| unsafe {
     let buf = pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, 0).cast_mut_ptr::<pg_sys::StringInfoData>();
     let start = (*buf).cursor as usize;

@@ -21,9 +21,9 @@ pub fn encode(envelope: &[u8]) -> String {
 
 /// Parses the text form and checks the envelope structure.
 pub fn decode(text: &str) -> Result<Vec<u8>> {
-    let body = text
-        .strip_prefix(PREFIX)
-        .ok_or(Error::MalformedEnvelope("text does not start with \"dscsa:\""))?;
+    let body = text.strip_prefix(PREFIX).ok_or(Error::MalformedEnvelope(
+        "text does not start with \"dscsa:\"",
+    ))?;
     let bytes = URL_SAFE_NO_PAD
         .decode(body)
         .map_err(|_| Error::MalformedEnvelope("text after \"dscsa:\" is not unpadded base64url"))?;
@@ -66,7 +66,10 @@ mod tests {
             assert!(decode(bad).is_err(), "{bad:?} must be rejected");
         }
         let text = encode(&sample());
-        assert!(decode(&format!("{text}=")).is_err(), "padding is not canonical");
+        assert!(
+            decode(&format!("{text}=")).is_err(),
+            "padding is not canonical"
+        );
         assert!(decode(&format!("{text}\n")).is_err());
     }
 }

@@ -11,8 +11,8 @@ use aes_gcm::Aes256Gcm;
 use zeroize::Zeroizing;
 
 use crate::envelope::{
-    check_context, encode_header, envelope_len, Envelope, FieldKind, HEADER_LEN,
-    MAX_CONTEXT_LEN, MAX_PLAINTEXT_LEN, NONCE_LEN, TAG_LEN,
+    check_context, encode_header, envelope_len, Envelope, FieldKind, HEADER_LEN, MAX_CONTEXT_LEN,
+    MAX_PLAINTEXT_LEN, NONCE_LEN, TAG_LEN,
 };
 use crate::error::{Error, Result};
 
@@ -29,7 +29,8 @@ impl DataKey {
         if bytes.len() != KEY_LEN {
             return Err(Error::BadKeyLength(bytes.len()));
         }
-        let cipher = Aes256Gcm::new_from_slice(bytes).map_err(|_| Error::BadKeyLength(bytes.len()))?;
+        let cipher =
+            Aes256Gcm::new_from_slice(bytes).map_err(|_| Error::BadKeyLength(bytes.len()))?;
         Ok(DataKey { cipher })
     }
 }
@@ -40,14 +41,15 @@ impl std::fmt::Debug for DataKey {
     }
 }
 
-/// Associated data = header || context, built on the stack (no allocation per row).
+/// Associated data = header || context. Without a context the header itself is the
+/// AAD (no copy); with one, both are joined in a stack buffer (no allocation per row).
 struct Aad {
     buf: [u8; HEADER_LEN + MAX_CONTEXT_LEN],
     len: usize,
 }
 
 impl Aad {
-    fn new(header: &[u8; HEADER_LEN], context: &[u8]) -> Result<Self> {
+    fn join(header: &[u8; HEADER_LEN], context: &[u8]) -> Result<Self> {
         check_context(context)?;
         let mut buf = [0u8; HEADER_LEN + MAX_CONTEXT_LEN];
         buf[..HEADER_LEN].copy_from_slice(header);
@@ -60,6 +62,15 @@ impl Aad {
 
     fn as_slice(&self) -> &[u8] {
         &self.buf[..self.len]
+    }
+}
+
+/// Calls `f` with the associated data for `header` and `context`.
+fn with_aad<T>(header: &[u8; HEADER_LEN], context: &[u8], f: impl FnOnce(&[u8]) -> T) -> Result<T> {
+    if context.is_empty() {
+        Ok(f(header))
+    } else {
+        Ok(f(Aad::join(header, context)?.as_slice()))
     }
 }
 
@@ -87,26 +98,27 @@ pub fn seal_into(
 ) -> Result<()> {
     check_plaintext(plaintext)?;
     if out.len() != envelope_len(plaintext.len()) {
-        return Err(Error::MalformedEnvelope("output buffer has the wrong length"));
+        return Err(Error::MalformedEnvelope(
+            "output buffer has the wrong length",
+        ));
     }
     let header = encode_header(kind, key_id);
-    let aad = Aad::new(&header, context)?;
     let body_start = HEADER_LEN + NONCE_LEN;
     let body_end = body_start + plaintext.len();
     out[..HEADER_LEN].copy_from_slice(&header);
     out[HEADER_LEN..body_start].copy_from_slice(&nonce);
     out[body_start..body_end].copy_from_slice(plaintext);
-    let tag = key
-        .cipher
-        .encrypt_in_place_detached(
+    let tag = with_aad(&header, context, |aad| {
+        key.cipher.encrypt_in_place_detached(
             GenericArray::<u8, U12>::from_slice(&nonce),
-            aad.as_slice(),
+            aad,
             &mut out[body_start..body_end],
         )
-        .map_err(|_| Error::PlaintextTooLong {
-            len: plaintext.len(),
-            max: MAX_PLAINTEXT_LEN,
-        })?;
+    })?
+    .map_err(|_| Error::PlaintextTooLong {
+        len: plaintext.len(),
+        max: MAX_PLAINTEXT_LEN,
+    })?;
     out[body_end..].copy_from_slice(&tag);
     Ok(())
 }
@@ -132,17 +144,20 @@ pub fn seal(
 pub fn open_into(key: &DataKey, env: &Envelope<'_>, context: &[u8], out: &mut [u8]) -> Result<()> {
     let n = env.plaintext_len();
     if out.len() != n {
-        return Err(Error::MalformedEnvelope("output buffer has the wrong length"));
+        return Err(Error::MalformedEnvelope(
+            "output buffer has the wrong length",
+        ));
     }
-    let aad = Aad::new(env.header, context)?;
     out.copy_from_slice(&env.sealed[..n]);
     let tag = GenericArray::from_slice(&env.sealed[n..n + TAG_LEN]);
-    let result = key.cipher.decrypt_in_place_detached(
-        GenericArray::<u8, U12>::from_slice(env.nonce),
-        aad.as_slice(),
-        out,
-        tag,
-    );
+    let result = with_aad(env.header, context, |aad| {
+        key.cipher.decrypt_in_place_detached(
+            GenericArray::<u8, U12>::from_slice(env.nonce),
+            aad,
+            &mut *out,
+            tag,
+        )
+    })?;
     if result.is_err() {
         zeroize::Zeroize::zeroize(out);
         return Err(Error::AuthenticationFailed);
@@ -170,7 +185,8 @@ mod tests {
         let k = key(1);
         for ctx in [&b""[..], b"erp.stock_lot.serial"] {
             for pt in [&b""[..], b"SN0000000000000001", "Grüße ✓".as_bytes()] {
-                let env_bytes = seal(&k, 7, FieldKind::Serial, ctx, [3; NONCE_LEN], pt).expect("seal");
+                let env_bytes =
+                    seal(&k, 7, FieldKind::Serial, ctx, [3; NONCE_LEN], pt).expect("seal");
                 let env = Envelope::parse(&env_bytes).expect("parse");
                 assert_eq!(env.key_id, 7);
                 assert_eq!(&open(&k, &env, ctx).expect("open")[..], pt);
@@ -183,23 +199,43 @@ mod tests {
         let k = key(1);
         let bytes = seal(&k, 7, FieldKind::Serial, b"a.b.c", [3; NONCE_LEN], b"SN1").expect("seal");
         let env = Envelope::parse(&bytes).expect("parse");
-        assert_eq!(open(&key(2), &env, b"a.b.c").err(), Some(Error::AuthenticationFailed));
-        assert_eq!(open(&k, &env, b"a.b.d").err(), Some(Error::AuthenticationFailed));
+        assert_eq!(
+            open(&key(2), &env, b"a.b.c").err(),
+            Some(Error::AuthenticationFailed)
+        );
+        assert_eq!(
+            open(&k, &env, b"a.b.d").err(),
+            Some(Error::AuthenticationFailed)
+        );
         assert_eq!(open(&k, &env, b"").err(), Some(Error::AuthenticationFailed));
         let mut swapped = bytes.clone();
         swapped[1] = FieldKind::Lot as u8;
         let env2 = Envelope::parse(&swapped).expect("parse");
-        assert_eq!(open(&k, &env2, b"a.b.c").err(), Some(Error::AuthenticationFailed));
+        assert_eq!(
+            open(&k, &env2, b"a.b.c").err(),
+            Some(Error::AuthenticationFailed)
+        );
         let mut other_id = bytes.clone();
         other_id[5] ^= 1;
         let env3 = Envelope::parse(&other_id).expect("parse");
-        assert_eq!(open(&k, &env3, b"a.b.c").err(), Some(Error::AuthenticationFailed));
+        assert_eq!(
+            open(&k, &env3, b"a.b.c").err(),
+            Some(Error::AuthenticationFailed)
+        );
     }
 
     #[test]
     fn every_single_byte_flip_is_detected() {
         let k = key(4);
-        let bytes = seal(&k, 1, FieldKind::Generic, b"ctx", [5; NONCE_LEN], b"00300010123455").expect("seal");
+        let bytes = seal(
+            &k,
+            1,
+            FieldKind::Generic,
+            b"ctx",
+            [5; NONCE_LEN],
+            b"00300010123455",
+        )
+        .expect("seal");
         for i in 0..bytes.len() {
             for bit in 0..8 {
                 let mut t = bytes.clone();
@@ -230,7 +266,10 @@ mod tests {
             seal(&k, 1, FieldKind::Generic, &ctx, [0; NONCE_LEN], b"x"),
             Err(Error::ContextTooLong { .. })
         ));
-        assert_eq!(DataKey::from_bytes(&[0u8; 16]).err(), Some(Error::BadKeyLength(16)));
+        assert_eq!(
+            DataKey::from_bytes(&[0u8; 16]).err(),
+            Some(Error::BadKeyLength(16))
+        );
     }
 
     #[test]

@@ -107,7 +107,13 @@ impl DevKek {
                 os_random(&mut nonce)?;
                 let sealed = self
                     .cipher()?
-                    .encrypt(Nonce::from_slice(&nonce), Payload { msg: &req.data, aad: &aad })
+                    .encrypt(
+                        Nonce::from_slice(&nonce),
+                        Payload {
+                            msg: &req.data,
+                            aad: &aad,
+                        },
+                    )
                     .map_err(|_| fail("wrapping failed"))?;
                 let mut blob = nonce.to_vec();
                 blob.extend_from_slice(&sealed);
@@ -129,7 +135,13 @@ impl DevKek {
                 let (nonce, sealed) = req.data.split_at(WRAP_NONCE_LEN);
                 let key = self
                     .cipher()?
-                    .decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad: &aad })
+                    .decrypt(
+                        Nonce::from_slice(nonce),
+                        Payload {
+                            msg: sealed,
+                            aad: &aad,
+                        },
+                    )
                     .map_err(|_| fail("wrapped key failed authentication under this KEK"))?;
                 Ok(Response {
                     kek: None,
@@ -158,17 +170,25 @@ mod tests {
     #[test]
     fn wrap_unwrap_round_trip_and_binding() {
         let kek = DevKek::from_bytes(Zeroizing::new([3u8; 32]));
-        let wrapped = kek.handle(&req(Operation::Wrap, "dev", 5, vec![8u8; 32])).expect("wrap");
+        let wrapped = kek
+            .handle(&req(Operation::Wrap, "dev", 5, vec![8u8; 32]))
+            .expect("wrap");
         let fp = wrapped.kek.clone().expect("fingerprint");
         assert!(fp.starts_with("dev:") && fp.len() == 20);
         let blob = wrapped.data.to_vec();
-        let back = kek.handle(&req(Operation::Unwrap, &fp, 5, blob.clone())).expect("unwrap");
+        let back = kek
+            .handle(&req(Operation::Unwrap, &fp, 5, blob.clone()))
+            .expect("unwrap");
         assert_eq!(&back.data[..], &[8u8; 32]);
         // Bound to the key id: a blob moved to another keyring row does not unwrap.
-        assert!(kek.handle(&req(Operation::Unwrap, &fp, 6, blob.clone())).is_err());
+        assert!(kek
+            .handle(&req(Operation::Unwrap, &fp, 6, blob.clone()))
+            .is_err());
         // Another KEK refuses it, with a clear message naming fingerprints only.
         let other = DevKek::from_bytes(Zeroizing::new([4u8; 32]));
-        let err = other.handle(&req(Operation::Unwrap, &fp, 5, blob)).unwrap_err();
+        let err = other
+            .handle(&req(Operation::Unwrap, &fp, 5, blob))
+            .unwrap_err();
         assert!(matches!(err, Error::Kms(m) if m.contains("wrapped under dev:")));
     }
 
@@ -178,16 +198,23 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("kek");
         let _ = std::fs::remove_file(&path);
-        assert!(DevKek::load(&path, false).is_err(), "missing file without create");
+        assert!(
+            DevKek::load(&path, false).is_err(),
+            "missing file without create"
+        );
         let a = DevKek::load(&path, true).expect("created");
         let b = DevKek::load(&path, true).expect("reused");
         assert_eq!(a.fingerprint, b.fingerprint);
         let mode = std::fs::metadata(&path).expect("meta").mode() & 0o777;
         assert_eq!(mode, 0o600);
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
-        assert!(matches!(DevKek::load(&path, false), Err(Error::Kms(m)) if m.contains("chmod 600")));
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .expect("chmod");
+        assert!(
+            matches!(DevKek::load(&path, false), Err(Error::Kms(m)) if m.contains("chmod 600"))
+        );
         std::fs::write(&path, [1u8; 31]).expect("write");
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
         assert!(DevKek::load(&path, false).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }

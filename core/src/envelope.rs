@@ -92,10 +92,14 @@ impl<'a> Envelope<'a> {
             return Err(Error::UnsupportedVersion(version));
         }
         if bytes.len() < OVERHEAD {
-            return Err(Error::MalformedEnvelope("value is shorter than header, nonce and tag"));
+            return Err(Error::MalformedEnvelope(
+                "value is shorter than header, nonce and tag",
+            ));
         }
         if bytes.len() > OVERHEAD + MAX_PLAINTEXT_LEN {
-            return Err(Error::MalformedEnvelope("value is longer than the largest envelope"));
+            return Err(Error::MalformedEnvelope(
+                "value is longer than the largest envelope",
+            ));
         }
         let kind = FieldKind::from_byte(bytes[1])?;
         let header: &[u8; HEADER_LEN] = bytes[..HEADER_LEN]

@@ -71,6 +71,8 @@ pub enum Error {
     RandomSource(String),
     #[error("key id {0} that this value was encrypted with is not loaded in this session")]
     KeyVersionNotLoaded(u32),
+    #[error("ciphertext names key id {0}, which is not in this database's keyring")]
+    KeyNotInKeyring(u32),
     #[error("no active version of key \"{0}\" is loaded in this session")]
     NoActiveKeyLoaded(String),
     #[error("key \"{0}\" does not exist or has no usable version")]
@@ -86,13 +88,13 @@ pub enum Error {
 impl Error {
     pub fn sqlstate(&self) -> SqlState {
         match self {
-            Error::MalformedEnvelope(_) | Error::UnsupportedVersion(_) | Error::UnknownFieldKind(_) => {
-                SqlState::InvalidTextRepresentation
-            }
+            Error::MalformedEnvelope(_)
+            | Error::UnsupportedVersion(_)
+            | Error::UnknownFieldKind(_) => SqlState::InvalidTextRepresentation,
             Error::FieldKindMismatch { .. } | Error::BadKeyLength(_) => {
                 SqlState::InvalidParameterValue
             }
-            Error::AuthenticationFailed => SqlState::DataCorrupted,
+            Error::AuthenticationFailed | Error::KeyNotInKeyring(_) => SqlState::DataCorrupted,
             Error::PlaintextTooLong { .. } | Error::ContextTooLong { .. } => {
                 SqlState::ProgramLimitExceeded
             }
@@ -108,6 +110,8 @@ impl Error {
         }
     }
 }
+
+pub type Result<T> = std::result::Result<T, Error>;
 
 #[cfg(test)]
 mod tests {
@@ -128,8 +132,9 @@ mod tests {
         for (err, code) in cases {
             assert_eq!(err.sqlstate().code(), code, "{err}");
         }
-        assert_eq!(Error::AuthenticationFailed.to_string(), "ciphertext authentication failed");
+        assert_eq!(
+            Error::AuthenticationFailed.to_string(),
+            "ciphertext authentication failed"
+        );
     }
 }
-
-pub type Result<T> = std::result::Result<T, Error>;

@@ -60,9 +60,7 @@ fn drain(reader: &mut impl Read, into: &mut Vec<u8>, limit: usize) -> Result<boo
             Ok(0) => return Ok(true),
             Ok(n) => {
                 if into.len() + n > limit {
-                    return Err(Error::Kms(format!(
-                        "hook wrote more than {limit} bytes"
-                    )));
+                    return Err(Error::Kms(format!("hook wrote more than {limit} bytes")));
                 }
                 into.extend_from_slice(&buf[..n]);
             }
@@ -203,7 +201,10 @@ mod tests {
             Error::Kms("hook exited with status 3: KEK not found".into())
         );
         let err = run_sh("echo AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA >&2; exit 1", 5000).unwrap_err();
-        assert_eq!(err, Error::Kms("hook exited with status 1: [redacted]".into()));
+        assert_eq!(
+            err,
+            Error::Kms("hook exited with status 1: [redacted]".into())
+        );
     }
 
     #[test]

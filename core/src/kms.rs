@@ -106,7 +106,9 @@ impl Request {
 
 impl Response {
     pub fn encode(&self) -> Zeroizing<Vec<u8>> {
-        let mut out = Zeroizing::new(format!("{PROTOCOL_FIELD}: {PROTOCOL_VERSION}\nstatus: ok\n"));
+        let mut out = Zeroizing::new(format!(
+            "{PROTOCOL_FIELD}: {PROTOCOL_VERSION}\nstatus: ok\n"
+        ));
         if let Some(kek) = &self.kek {
             out.push_str(&format!("kek: {kek}\n"));
         }
@@ -123,7 +125,9 @@ impl Response {
         }
         let fields = Fields::parse(output)?;
         if fields.get("status")? != "ok" {
-            return Err(Error::Kms("hook answered a status other than \"ok\"".into()));
+            return Err(Error::Kms(
+                "hook answered a status other than \"ok\"".into(),
+            ));
         }
         let kek = match fields.find("kek") {
             Some(k) => {
@@ -138,9 +142,12 @@ impl Response {
                 "unwrap answered {} bytes; a data key is 32 bytes",
                 data.len()
             ))),
-            Operation::Wrap if data.is_empty() || data.len() > MAX_WRAPPED_LEN => Err(Error::Kms(
-                format!("wrap answered {} bytes; expected 1 to {MAX_WRAPPED_LEN}", data.len()),
-            )),
+            Operation::Wrap if data.is_empty() || data.len() > MAX_WRAPPED_LEN => {
+                Err(Error::Kms(format!(
+                    "wrap answered {} bytes; expected 1 to {MAX_WRAPPED_LEN}",
+                    data.len()
+                )))
+            }
             _ => Ok(Response { kek, data }),
         }
     }
@@ -161,12 +168,15 @@ impl<'a> Fields<'a> {
             if line.is_empty() {
                 continue;
             }
-            let (name, value) = line
-                .split_once(':')
-                .ok_or_else(|| Error::Kms("hook output has a line that is not \"name: value\"".into()))?;
+            let (name, value) = line.split_once(':').ok_or_else(|| {
+                Error::Kms("hook output has a line that is not \"name: value\"".into())
+            })?;
             let name = name.trim();
             if lines.iter().any(|(n, _)| *n == name) {
-                return Err(Error::Kms(format!("field \"{}\" appears twice", sanitize(name))));
+                return Err(Error::Kms(format!(
+                    "field \"{}\" appears twice",
+                    sanitize(name)
+                )));
             }
             lines.push((name, value.trim()));
         }
@@ -211,7 +221,13 @@ pub fn sanitize(text: &str) -> String {
     let first = text.lines().next().unwrap_or("");
     let printable: String = first
         .chars()
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
         .collect();
     let mut out = String::new();
     let mut run = String::new();

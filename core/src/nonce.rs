@@ -82,13 +82,19 @@ mod tests {
         let parent_next = a.next_nonce(10).expect("nonce");
         let child_next = child.next_nonce(11).expect("nonce");
         assert_ne!(first, parent_next);
-        assert_ne!(parent_next, child_next, "a forked child must not repeat the parent's stream");
+        assert_ne!(
+            parent_next, child_next,
+            "a forked child must not repeat the parent's stream"
+        );
         // Without a pid change the cloned state would repeat: that is the hazard we guard against.
         let mut clone_same_pid = NonceSource {
             seeded_in_pid: a.seeded_in_pid,
             rng: a.rng.clone(),
         };
-        assert_eq!(a.next_nonce(10).expect("n"), clone_same_pid.next_nonce(10).expect("n"));
+        assert_eq!(
+            a.next_nonce(10).expect("n"),
+            clone_same_pid.next_nonce(10).expect("n")
+        );
     }
 
     #[test]

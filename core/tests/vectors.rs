@@ -74,9 +74,21 @@ fn format_md_vectors_seal_and_open() {
     for v in VECTORS {
         let key = DataKey::from_bytes(&hex(v.key)).expect("key");
         let nonce: [u8; NONCE_LEN] = hex(v.nonce).try_into().expect("nonce");
-        let sealed = seal(&key, v.key_id, v.kind, v.context.as_bytes(), nonce, v.plaintext.as_bytes())
-            .expect("seal");
-        assert_eq!(sealed, hex(v.envelope), "envelope bytes of {:?}", v.plaintext);
+        let sealed = seal(
+            &key,
+            v.key_id,
+            v.kind,
+            v.context.as_bytes(),
+            nonce,
+            v.plaintext.as_bytes(),
+        )
+        .expect("seal");
+        assert_eq!(
+            sealed,
+            hex(v.envelope),
+            "envelope bytes of {:?}",
+            v.plaintext
+        );
         assert_eq!(armor::encode(&sealed), v.armor);
         assert_eq!(armor::decode(v.armor).expect("armor"), sealed);
         let env = Envelope::parse(&sealed).expect("parse");

@@ -1,1 +1,126 @@
-fn main() {}
+//! Helpers for the client-side integration tests in `tests/`. They talk to a real
+//! PostgreSQL 15 server with pg_dscsa installed, started by scripts/test.sh, which passes:
+//!
+//! - `DSCSA_TEST_PORT`     port of the test cluster on 127.0.0.1
+//! - `DSCSA_TEST_DATADIR`  its data directory (the server log is `server.log` there)
+//! - `DSCSA_TEST_KEK`      path of the development hook's KEK file
+//! - `DSCSA_TEST_PG_BIN`   PostgreSQL's bin directory (pg_dump, pg_restore, pg_dscsa_devkms)
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use postgres::types::{FromSql, IsNull, ToSql, Type};
+use postgres::{Client, NoTls};
+
+pub fn env(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run the tests through scripts/test.sh"))
+}
+
+pub fn port() -> String {
+    env("DSCSA_TEST_PORT")
+}
+
+pub fn connect(db: &str, user: &str) -> Client {
+    let conn = format!("host=127.0.0.1 port={} dbname={db} user={user}", port());
+    Client::connect(&conn, NoTls).unwrap_or_else(|e| panic!("connect {db} as {user}: {e}"))
+}
+
+static DB_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The login roles the tests use, one per privilege level.
+pub const ADMIN: &str = "itest_admin";
+pub const WRITER: &str = "itest_writer";
+pub const READER: &str = "itest_reader";
+pub const NOBODY: &str = "itest_nobody";
+
+/// A fresh database with pg_dscsa installed, a key named `k` created, and the test login
+/// roles present. Returns its name and a superuser connection with `k` loaded.
+pub fn fresh_db(tag: &str) -> (String, Client) {
+    let n = DB_COUNTER.fetch_add(1, Ordering::SeqCst);
+    let name = format!("it_{tag}_{}_{n}", std::process::id());
+    let mut admin = connect("postgres", "postgres");
+    // Separate calls: DROP/CREATE DATABASE cannot share an implicit transaction.
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+        .expect("drop database");
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .expect("create database");
+    let mut c = connect(&name, "postgres");
+    c.batch_execute(
+        "CREATE EXTENSION pg_dscsa;
+         DO $$ BEGIN
+           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'itest_admin') THEN
+             CREATE ROLE itest_admin LOGIN IN ROLE dscsa_admin;
+             CREATE ROLE itest_writer LOGIN IN ROLE dscsa_writer;
+             CREATE ROLE itest_reader LOGIN IN ROLE dscsa_reader;
+             CREATE ROLE itest_nobody LOGIN;
+           END IF;
+         END $$;
+         SELECT dscsa.create_key('k');
+         SELECT dscsa.load_key('k');
+         SET dscsa.key_name = 'k';
+         SET search_path = public, dscsa;",
+    )
+    .expect("set up database");
+    (name, c)
+}
+
+/// The SQLSTATE of a failed statement (panics if it did not fail with a server error).
+pub fn sqlstate<T: std::fmt::Debug>(result: Result<T, postgres::Error>) -> String {
+    let err = result.expect_err("statement should have failed");
+    err.as_db_error()
+        .unwrap_or_else(|| panic!("not a server error: {err}"))
+        .code()
+        .code()
+        .to_string()
+}
+
+/// The full text of a server error: message, detail and hint.
+pub fn error_text<T: std::fmt::Debug>(result: Result<T, postgres::Error>) -> String {
+    let err = result.expect_err("statement should have failed");
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a server error: {err}"));
+    format!(
+        "{} | {} | {}",
+        db.message(),
+        db.detail().unwrap_or(""),
+        db.hint().unwrap_or("")
+    )
+}
+
+/// A `dscsa.encrypted` value moved in the binary protocol (send/recv functions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope(pub Vec<u8>);
+
+impl<'a> FromSql<'a> for Envelope {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Envelope(raw.to_vec()))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        ty.name() == "encrypted" || ty.name().ends_with("_encrypted")
+    }
+}
+
+impl ToSql for Envelope {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(&self.0);
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        <Envelope as FromSql>::accepts(ty)
+    }
+
+    postgres::types::to_sql_checked!();
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,133 @@
+//! Run last (scripts/test.sh does): with log_statement = all and log_min_messages =
+//! debug1 for the whole run, the server log must not contain any data key or the KEK,
+//! in hex or base64. The data keys are recovered here, outside the server, by asking the
+//! development hook to unwrap every keyring entry of every test database.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use pg_dscsa_itest::{connect, env, fresh_db, hex};
+
+fn unwrap_with_dev_hook(
+    key_id: i32,
+    name: &str,
+    version: i32,
+    kek: &str,
+    wrapped: &[u8],
+) -> Vec<u8> {
+    let request = format!(
+        "pg_dscsa-kms-protocol: 1\noperation: unwrap\nkek: {kek}\nkey-id: {key_id}\nkey-name: {name}\nkey-version: {version}\ndata: {}\n",
+        STANDARD.encode(wrapped)
+    );
+    let mut child = Command::new(format!("{}/pg_dscsa_devkms", env("DSCSA_TEST_PG_BIN")))
+        .args(["--kek-file", &env("DSCSA_TEST_KEK")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run dev hook");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(request.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "dev hook failed to unwrap key {key_id}"
+    );
+    let text = String::from_utf8(out.stdout).expect("utf8");
+    let data = text
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .expect("data line");
+    STANDARD.decode(data).expect("base64")
+}
+
+fn spellings(bytes: &[u8]) -> Vec<String> {
+    vec![
+        hex(bytes),
+        hex(bytes).to_uppercase(),
+        STANDARD.encode(bytes),
+        STANDARD_NO_PAD.encode(bytes),
+        URL_SAFE_NO_PAD.encode(bytes),
+    ]
+}
+
+#[test]
+fn no_key_bytes_in_the_server_log() {
+    // Exercise the key paths once more in this test's own database, including failures.
+    let (_db, mut c) = fresh_db("hygiene");
+    c.query_one("SELECT dscsa.rotate_key('k')", &[])
+        .expect("rotate");
+    c.query_one("SELECT dscsa.load_key('k')", &[])
+        .expect("load");
+    c.query_one("SELECT dscsa_decrypt(dscsa_encrypt('SN-hygiene'))", &[])
+        .expect("round trip");
+    let _ = c.query_one("SELECT dscsa_decrypt(dscsa_encrypt('x', 'a'), 'b')", &[]);
+
+    let mut secrets: Vec<Vec<u8>> = vec![std::fs::read(env("DSCSA_TEST_KEK")).expect("read KEK")];
+    let mut su = connect("postgres", "postgres");
+    let dbs: Vec<String> = su
+        .query(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'it\\_%'",
+            &[],
+        )
+        .expect("databases")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for db in dbs {
+        let mut d = connect(&db, "postgres");
+        let has_ext: bool = d
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_dscsa')",
+                &[],
+            )
+            .expect("q")
+            .get(0);
+        if !has_ext {
+            continue;
+        }
+        for row in d
+            .query(
+                "SELECT key_id, key_name, version, kek_ref, wrapped_key FROM dscsa.keyring",
+                &[],
+            )
+            .expect("keyring")
+        {
+            let dek = unwrap_with_dev_hook(
+                row.get(0),
+                row.get(1),
+                row.get(2),
+                row.get(3),
+                row.get::<_, Vec<u8>>(4).as_slice(),
+            );
+            assert_eq!(dek.len(), 32);
+            secrets.push(dek);
+        }
+    }
+    assert!(
+        secrets.len() > 10,
+        "expected keys from many test databases, got {}",
+        secrets.len()
+    );
+
+    let log = std::fs::read_to_string(format!("{}/server.log", env("DSCSA_TEST_DATADIR")))
+        .expect("server log");
+    assert!(
+        log.contains("statement: "),
+        "log_statement = all is not in effect"
+    );
+    assert!(
+        log.contains("KMS hook unwrap succeeded"),
+        "debug1 messages are not in the log"
+    );
+    for secret in &secrets {
+        for spelling in spellings(secret) {
+            assert!(!log.contains(&spelling), "a key appears in the server log");
+        }
+    }
+}
