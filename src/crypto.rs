@@ -31,7 +31,20 @@ unsafe fn encrypt(fcinfo: pg_sys::FunctionCallInfo, kind: FieldKind) -> pg_sys::
     pg_sys::Datum::from(ptr)
 }
 
+thread_local! {
+    /// The database encoding cannot change while a backend is connected to it.
+    static DATABASE_IS_UTF8: std::cell::OnceCell<bool> = const { std::cell::OnceCell::new() };
+}
+
 fn valid_in_database_encoding(bytes: &[u8]) -> bool {
+    // SAFETY: GetDatabaseEncoding only reads a backend global.
+    let utf8 = DATABASE_IS_UTF8.with(|c| {
+        *c.get_or_init(|| unsafe { pg_sys::GetDatabaseEncoding() } == pg_sys::pg_enc::PG_UTF8 as i32)
+    });
+    if utf8 {
+        // Rust's validator is PostgreSQL's rule for UTF-8 text, plus: text holds no NUL.
+        return std::str::from_utf8(bytes).is_ok() && !bytes.contains(&0);
+    }
     // SAFETY: pg_verifymbstr only reads `len` bytes and, with noError, never raises.
     unsafe { pg_sys::pg_verifymbstr(bytes.as_ptr().cast(), bytes.len() as i32, true) }
 }

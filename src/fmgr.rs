@@ -6,7 +6,7 @@
 //! written straight into a palloc'd varlena with no intermediate Rust copy.
 
 use pgrx::pg_sys;
-use pgrx::varlena::{set_varsize_4b, varlena_to_byte_slice};
+use pgrx::varlena::{set_varsize_4b, varatt_is_1b_e, varatt_is_4b_c, varlena_to_byte_slice};
 
 /// Declares `pg_finfo_<name>` and a `#[pg_guard]`ed V1 function `<name>` that calls
 /// `handler(fcinfo)`; the handler is a closure whose body may use `unsafe`.
@@ -44,7 +44,12 @@ pub unsafe fn nargs(fcinfo: pg_sys::FunctionCallInfo) -> usize {
 /// Argument `n` must exist, be non-NULL and be a varlena.
 pub unsafe fn arg_bytes<'a>(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> &'a [u8] {
     let datum = pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, n);
-    let varlena = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
+    let mut varlena = datum.cast_mut_ptr::<pg_sys::varlena>();
+    // Like PG_DETOAST_DATUM_PACKED: only compressed or out-of-line values need a call
+    // into PostgreSQL; plain and short-header values are read in place.
+    if varatt_is_1b_e(varlena) || varatt_is_4b_c(varlena) {
+        varlena = pg_sys::pg_detoast_datum_packed(varlena);
+    }
     varlena_to_byte_slice(varlena)
 }
 

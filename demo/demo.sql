@@ -1,0 +1,123 @@
+-- pg_dscsa demo: DSCSA product identifiers encrypted field by field.
+-- Every step that must fail is checked: if the extension misbehaved, this script stops
+-- with an error (ON_ERROR_STOP) instead of printing a success it did not earn.
+\pset footer off
+SET client_min_messages = notice;
+
+\echo
+\echo '== 1. A table of DSCSA product identifiers with encrypted columns =='
+CREATE EXTENSION pg_dscsa;
+CREATE TABLE serialized_unit (
+    id          bigserial PRIMARY KEY,
+    gtin        dscsa.gtin_encrypted   NOT NULL,   -- AI (01)
+    serial      dscsa.serial_encrypted NOT NULL,   -- AI (21)
+    lot         dscsa.lot_encrypted    NOT NULL,   -- AI (10)
+    expiry      dscsa.expiry_encrypted NOT NULL,   -- AI (17)
+    biz_step    text NOT NULL,                     -- EPCIS metadata stays plaintext
+    event_time  timestamptz NOT NULL DEFAULT now()
+);
+
+-- Three application roles: a packaging line (encrypt only), a pharmacist (decrypt),
+-- and a role with no pg_dscsa privileges at all.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'demo_packaging_line') THEN
+        CREATE ROLE demo_packaging_line LOGIN IN ROLE dscsa_writer;
+        CREATE ROLE demo_pharmacist LOGIN IN ROLE dscsa_reader;
+        CREATE ROLE demo_intruder LOGIN;
+    END IF;
+END $$;
+GRANT SELECT, INSERT ON serialized_unit TO demo_packaging_line;
+GRANT USAGE ON SEQUENCE serialized_unit_id_seq TO demo_packaging_line;
+GRANT SELECT ON serialized_unit TO demo_pharmacist, demo_intruder;
+
+\echo
+\echo '== 2. A data key, created and wrapped through the bundled development KMS hook =='
+SELECT dscsa.create_key('default') AS key_id;
+-- The keyring holds only the wrapped key; the KEK never enters the database.
+SELECT key_id, key_name, version, status, kek_ref, octet_length(wrapped_key) AS wrapped_bytes
+  FROM dscsa.keyring;
+
+\echo
+\echo '== 3. The packaging line loads the key through the hook and inserts rows =='
+\c - demo_packaging_line
+SET search_path = public, dscsa;
+SELECT dscsa.load_key('default') AS versions_loaded;
+INSERT INTO serialized_unit (gtin, serial, lot, expiry, biz_step)
+SELECT dscsa_encrypt_gtin('00300010123455'),
+       dscsa_encrypt_serial('SN' || lpad(i::text, 10, '0')),
+       dscsa_encrypt_lot('A1B2C3'),
+       dscsa_encrypt_expiry('270331'),
+       'commissioning'
+  FROM generate_series(1, 5) i;
+-- What is stored, and what anyone with SELECT sees: ciphertext only.
+SELECT id, armor(serial) AS stored_serial FROM serialized_unit ORDER BY id LIMIT 2;
+-- The packaging line can encrypt but not decrypt.
+DO $$
+BEGIN
+    PERFORM dscsa_decrypt(serial) FROM serialized_unit;
+    RAISE EXCEPTION 'the encrypt-only role was able to decrypt';
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'packaging line refused to decrypt: % (SQLSTATE %)', SQLERRM, SQLSTATE;
+END $$;
+
+\echo
+\echo '== 4. An authorized read: the pharmacist decrypts just in time =='
+\c - demo_pharmacist
+SET search_path = public, dscsa;
+SELECT dscsa.load_key('default') AS versions_loaded;
+SELECT id, dscsa_decrypt(gtin) AS gtin, dscsa_decrypt(serial) AS serial,
+       dscsa_decrypt(lot) AS lot, dscsa_decrypt(expiry) AS expiry, biz_step
+  FROM serialized_unit ORDER BY id;
+
+\echo
+\echo '== 5. A tampered value is detected, never silently decrypted =='
+\c - postgres
+SET search_path = public, dscsa;
+-- Flip one bit of row 2's serial ciphertext, as an attacker with write access to the table could.
+UPDATE serialized_unit
+   SET serial = to_encrypted(set_byte(envelope_bytes(serial), 25, get_byte(envelope_bytes(serial), 25) # 1))::serial_encrypted
+ WHERE id = 2;
+-- A serial ciphertext cannot be moved into the lot column either.
+DO $$
+BEGIN
+    UPDATE serialized_unit SET lot = serial::encrypted::lot_encrypted WHERE id = 3;
+    RAISE EXCEPTION 'a serial ciphertext was accepted as a lot';
+EXCEPTION WHEN check_violation THEN
+    RAISE NOTICE 'serial ciphertext refused in the lot column: %', SQLERRM;
+END $$;
+\c - demo_pharmacist
+SET search_path = public, dscsa;
+SELECT dscsa.load_key('default') AS versions_loaded;
+DO $$
+BEGIN
+    PERFORM dscsa_decrypt(serial) FROM serialized_unit WHERE id = 2;
+    RAISE EXCEPTION 'tampering was not detected';
+EXCEPTION WHEN data_corrupted THEN
+    RAISE NOTICE 'tampered row 2 refused: % (SQLSTATE %)', SQLERRM, SQLSTATE;
+END $$;
+-- A scan that must go on uses the try variant: NULL for the tampered row only.
+SELECT id, dscsa_try_decrypt(serial) AS serial FROM serialized_unit ORDER BY id;
+
+\echo
+\echo '== 6. An unauthorized role is refused =='
+\c - demo_intruder
+DO $$
+BEGIN
+    PERFORM dscsa.dscsa_decrypt(serial) FROM serialized_unit;
+    RAISE EXCEPTION 'a role without privileges decrypted';
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'intruder refused: % (SQLSTATE %)', SQLERRM, SQLSTATE;
+END $$;
+DO $$
+BEGIN
+    PERFORM count(*) FROM dscsa.keyring;
+    RAISE EXCEPTION 'a role without privileges read the keyring';
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'intruder cannot read the keyring: %', SQLERRM;
+END $$;
+-- All the intruder can read is ciphertext.
+SELECT id, serial AS raw_serial FROM serialized_unit ORDER BY id LIMIT 2;
+
+\echo
+\echo 'Demo complete: encrypted columns, a KMS-wrapped key, an authorized read, tamper detection, refusals.'
