@@ -39,7 +39,9 @@ thread_local! {
 fn valid_in_database_encoding(bytes: &[u8]) -> bool {
     // SAFETY: GetDatabaseEncoding only reads a backend global.
     let utf8 = DATABASE_IS_UTF8.with(|c| {
-        *c.get_or_init(|| unsafe { pg_sys::GetDatabaseEncoding() } == pg_sys::pg_enc::PG_UTF8 as i32)
+        *c.get_or_init(
+            || unsafe { pg_sys::GetDatabaseEncoding() } == pg_sys::pg_enc::PG_UTF8 as i32,
+        )
     });
     if utf8 {
         // Rust's validator is PostgreSQL's rule for UTF-8 text, plus: text holds no NUL.

@@ -59,7 +59,10 @@ fn writer_encrypts_but_cannot_decrypt() {
         .get(0);
     assert_eq!(v, "SN42");
     // Readers decrypt only; writing needs the writer role too.
-    assert_eq!(sqlstate(r.query_one("SELECT dscsa_encrypt_serial('SN43')", &[])), "42501");
+    assert_eq!(
+        sqlstate(r.query_one("SELECT dscsa_encrypt_serial('SN43')", &[])),
+        "42501"
+    );
 }
 
 #[test]
