@@ -42,7 +42,8 @@ chown postgres:postgres "${TEST_ROOT}" "${KEKDIR}"
 chmod 700 "${KEKDIR}"
 trap 'stop_cluster "${DATADIR}"' EXIT
 start_cluster "${DATADIR}" "${TEST_PORT}" \
-    "shared_preload_libraries = 'pg_dscsa'" \
+    "shared_preload_libraries = 'pg_dscsa, pg_stat_statements'" \
+    "pg_stat_statements.track = all" \
     "log_statement = 'all'" \
     "log_min_messages = debug1" \
     "log_line_prefix = '%m [%p] %q%u@%d '" \

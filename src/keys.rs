@@ -104,6 +104,7 @@ pub fn refresh(key_id: u32, active: bool, scope: Scope) {
 /// Adds freshly unwrapped versions all at once (a load either adds all or none), and
 /// demotes any other loaded version of the same name that the keyring no longer marks active.
 pub fn insert_all(name: &str, new_keys: Vec<SessionKey>, active_key_id: Option<u32>) {
+    ensure_exit_callback();
     KEYS.with(|keys| {
         let mut keys = keys.borrow_mut();
         for k in keys.iter_mut().filter(|k| k.name == name) {
@@ -155,11 +156,26 @@ unsafe extern "C-unwind" fn on_backend_exit(_code: i32, _arg: pg_sys::Datum) {
     remove_where(|_| true);
 }
 
+thread_local! {
+    /// The process that registered the exit callback. With shared_preload_libraries,
+    /// `_PG_init` runs in the postmaster, and PostgreSQL resets on_proc_exit callbacks in
+    /// every forked child; so the callback is registered by the backend itself, the first
+    /// time it holds a key.
+    static EXIT_CALLBACK_PID: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+fn ensure_exit_callback() {
+    let me = pid();
+    if EXIT_CALLBACK_PID.with(|p| p.replace(me)) != me {
+        // SAFETY: registers a callback whose function pointer lives as long as the library.
+        unsafe { pg_sys::on_proc_exit(Some(on_backend_exit), pg_sys::Datum::from(0)) };
+    }
+}
+
 pub fn init() {
-    // SAFETY: registering process-lifetime callbacks with function pointers that live as
-    // long as the library (which PostgreSQL never unloads).
+    // SAFETY: registers a callback whose function pointer lives as long as the library
+    // (PostgreSQL never unloads it). The transaction callback list survives fork().
     unsafe {
         pg_sys::RegisterXactCallback(Some(on_xact_event), std::ptr::null_mut());
-        pg_sys::on_proc_exit(Some(on_backend_exit), pg_sys::Datum::from(0));
     }
 }

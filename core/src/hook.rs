@@ -118,7 +118,9 @@ pub fn run(
     set_nonblocking(stdout.as_raw_fd());
     set_nonblocking(stderr.as_raw_fd());
 
-    let mut out = Zeroizing::new(Vec::new());
+    // Full capacity up front: a growing Vec would leave unzeroed copies of key material
+    // behind in the buffers it reallocates away from.
+    let mut out = Zeroizing::new(Vec::with_capacity(MAX_RESPONSE_LEN));
     let mut err = Zeroizing::new(Vec::new());
     let (mut out_done, mut err_done) = (false, false);
     let status = loop {

@@ -49,13 +49,23 @@ pub fn fresh_db(tag: &str) -> (String, Client) {
     let mut c = connect(&name, "postgres");
     c.batch_execute(
         "CREATE EXTENSION pg_dscsa;
-         DO $$ BEGIN
-           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'itest_admin') THEN
-             CREATE ROLE itest_admin LOGIN IN ROLE dscsa_admin;
-             CREATE ROLE itest_writer LOGIN IN ROLE dscsa_writer;
-             CREATE ROLE itest_reader LOGIN IN ROLE dscsa_reader;
-             CREATE ROLE itest_nobody LOGIN;
-           END IF;
+         DO $$
+         DECLARE
+           r record;
+         BEGIN
+           FOR r IN SELECT * FROM (VALUES ('itest_admin', 'dscsa_admin'), ('itest_writer', 'dscsa_writer'),
+                                          ('itest_reader', 'dscsa_reader'), ('itest_nobody', NULL)) v(name, member_of)
+           LOOP
+             BEGIN
+               IF r.member_of IS NULL THEN
+                 EXECUTE format('CREATE ROLE %I LOGIN', r.name);
+               ELSE
+                 EXECUTE format('CREATE ROLE %I LOGIN IN ROLE %I', r.name, r.member_of);
+               END IF;
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN
+               NULL; -- another test created it first
+             END;
+           END LOOP;
          END $$;
          SELECT dscsa.create_key('k');
          SELECT dscsa.load_key('k');

@@ -102,6 +102,13 @@ fn copy_text_and_binary_round_trip_unchanged() {
     assert_eq!(n, 0);
 }
 
+/// A PostgreSQL client program (pg_dump, pg_restore) pointed at the test cluster.
+fn pg_tool(name: &str) -> Command {
+    let mut cmd = Command::new(format!("{}/{name}", env("DSCSA_TEST_PG_BIN")));
+    cmd.args(["-h", "127.0.0.1", "-p", &port(), "-U", "postgres"]);
+    cmd
+}
+
 fn run(cmd: &mut Command) {
     let out = cmd.output().expect("run");
     assert!(
@@ -123,42 +130,18 @@ fn pg_dump_and_pg_restore_keep_envelopes_and_keys() {
         "INSERT INTO unit (id, serial) VALUES (1000, dscsa_encrypt_serial('SN-after-rotation'))",
     )
     .expect("insert after rotation");
-    let bin = env("DSCSA_TEST_PG_BIN");
     let dir = std::env::temp_dir().join(format!("dscsa-dump-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let dump = dir.join("db.dump");
-    run(Command::new(format!("{bin}/pg_dump"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port(),
-            "-U",
-            "postgres",
-            "-Fc",
-            "-d",
-            &db,
-            "-f",
-        ])
-        .arg(&dump));
+    run(pg_tool("pg_dump").args(["-Fc", "-d", &db, "-f"]).arg(&dump));
     let restored = format!("{db}_restored");
     let mut su = connect("postgres", "postgres");
     su.batch_execute(&format!("DROP DATABASE IF EXISTS {restored}"))
         .expect("drop");
     su.batch_execute(&format!("CREATE DATABASE {restored}"))
         .expect("create");
-    run(Command::new(format!("{bin}/pg_restore"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port(),
-            "-U",
-            "postgres",
-            "--exit-on-error",
-            "-d",
-            &restored,
-        ])
+    run(pg_tool("pg_restore")
+        .args(["--exit-on-error", "-d", &restored])
         .arg(&dump));
 
     let mut r = connect(&restored, "postgres");
@@ -200,19 +183,7 @@ fn pg_dump_and_pg_restore_keep_envelopes_and_keys() {
     assert!(new_id > 2, "key id {new_id} reused");
     // A plain-format dump holds only ciphertext and wrapped keys.
     let plain = dir.join("db.sql");
-    run(Command::new(format!("{bin}/pg_dump"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port(),
-            "-U",
-            "postgres",
-            "-d",
-            &db,
-            "-f",
-        ])
-        .arg(&plain));
+    run(pg_tool("pg_dump").args(["-d", &db, "-f"]).arg(&plain));
     let text = std::fs::read_to_string(&plain).expect("read dump");
     assert!(
         text.contains("dscsa:") && !text.contains("SN-after-rotation") && !text.contains("note ✓")

@@ -1,6 +1,6 @@
 //! Run last (scripts/test.sh does): with log_statement = all and log_min_messages =
-//! debug1 for the whole run, the server log must not contain any data key or the KEK,
-//! in hex or base64. The data keys are recovered here, outside the server, by asking the
+//! debug1 for the whole run, neither the server log nor pg_stat_statements (tracking all
+//! statements, nested ones too) may contain any data key or the KEK, in hex or base64. The data keys are recovered here, outside the server, by asking the
 //! development hook to unwrap every keyring entry of every test database.
 
 use std::io::Write;
@@ -114,6 +114,29 @@ fn no_key_bytes_in_the_server_log() {
         "expected keys from many test databases, got {}",
         secrets.len()
     );
+
+    let mut statements = String::new();
+    su.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .expect("pg_stat_statements is preloaded by scripts/test.sh");
+    for row in su
+        .query("SELECT query FROM pg_stat_statements", &[])
+        .expect("statements")
+    {
+        statements.push_str(row.get::<_, &str>(0));
+        statements.push('\n');
+    }
+    assert!(
+        statements.contains("load_key"),
+        "pg_stat_statements saw no key loads"
+    );
+    for secret in &secrets {
+        for spelling in spellings(secret) {
+            assert!(
+                !statements.contains(&spelling),
+                "a key appears in pg_stat_statements"
+            );
+        }
+    }
 
     let log = std::fs::read_to_string(format!("{}/server.log", env("DSCSA_TEST_DATADIR")))
         .expect("server log");

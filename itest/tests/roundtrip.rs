@@ -335,8 +335,10 @@ fn parallel_plans_give_correct_results() {
         .map(|r| r.get(0))
         .collect();
     assert!(plan.iter().any(|l| l.contains("Gather")), "{plan:?}");
+    // At least one worker really ran the scan (others may be busy with parallel tests).
     assert!(
-        plan.iter().any(|l| l.contains("Workers Launched: 2")),
+        plan.iter()
+            .any(|l| l.contains("Workers Launched: ") && !l.contains("Workers Launched: 0")),
         "{plan:?}"
     );
     assert!(
