@@ -103,6 +103,13 @@ CREATE FUNCTION dscsa._key_exists(key_id integer) RETURNS boolean
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     RETURN EXISTS (SELECT 1 FROM dscsa.keyring k WHERE k.key_id = _key_exists.key_id);
 
+-- Used once per transaction by encryption to notice a rotation made by another session.
+CREATE FUNCTION dscsa._active_key_id(key_name text) RETURNS integer
+    LANGUAGE sql STABLE STRICT PARALLEL SAFE
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    RETURN (SELECT k.key_id FROM dscsa.keyring k
+             WHERE k.key_name = _active_key_id.key_name AND k.purpose = 'data' AND k.status = 'active');
+
 -- Session key management. load_key reads the keyring as the extension owner, so it is
 -- SECURITY DEFINER with a pinned search_path; the keys land in the caller's backend only.
 CREATE FUNCTION dscsa.load_key(key_name text, scope text DEFAULT 'session')
@@ -122,3 +129,87 @@ CREATE FUNCTION dscsa.loaded_keys()
     VOLATILE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'loaded_keys_wrapper';
 COMMENT ON FUNCTION dscsa.unload_key(text) IS 'Zeroizes and forgets every loaded version of a key.';
 COMMENT ON FUNCTION dscsa.loaded_keys() IS 'Which key versions this session holds (never the key bytes).';
+
+-- Where each key version is used: every column of dscsa.encrypted or one of its domains
+-- in every table, counted by envelope key id. Runs as the extension owner so that the
+-- count covers rows the caller cannot see (row-level security, missing grants); it
+-- returns only counts, never values.
+CREATE FUNCTION dscsa.key_usage(key_name text)
+    RETURNS TABLE (key_id integer, version integer, status text,
+                   table_name regclass, column_name name, rows bigint)
+    LANGUAGE plpgsql STABLE STRICT PARALLEL UNSAFE
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    col record;
+BEGIN
+    FOR col IN
+        SELECT c.oid::regclass AS rel, a.attname
+          FROM pg_class c
+          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+          JOIN pg_type t ON t.oid = a.atttypid
+         WHERE c.relkind IN ('r', 'p', 'm')
+           AND NOT c.relispartition            -- counted through their parent
+           AND c.relnamespace <> 'pg_catalog'::regnamespace
+           -- Other sessions' temporary tables cannot be read (nor can they outlive them).
+           AND (c.relpersistence <> 't' OR c.relnamespace = pg_catalog.pg_my_temp_schema())
+           AND (t.oid = 'dscsa.encrypted'::regtype OR t.typbasetype = 'dscsa.encrypted'::regtype)
+         ORDER BY 1, 2
+    LOOP
+        RETURN QUERY EXECUTE pg_catalog.format(
+            'SELECT k.key_id, k.version, k.status, %L::regclass, %L::name, u.n
+               FROM (SELECT dscsa.envelope_key_id(%I) AS id, count(*) AS n
+                       FROM %s WHERE %I IS NOT NULL GROUP BY 1) u
+               JOIN dscsa.keyring k ON k.key_id = u.id
+              WHERE k.key_name = $1',
+            col.rel, col.attname, col.attname, col.rel, col.attname)
+        USING key_usage.key_name;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION dscsa.key_usage(text) IS
+    'Rows per key version, table and column for a key (counts only; scans every encrypted column).';
+
+-- Retires a decrypt-only version that no row uses any more. Retired versions are never
+-- loaded again, so this is refused while any value still names the version.
+CREATE FUNCTION dscsa.retire_key(key_name text, version integer)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    target dscsa.keyring;
+    in_use bigint;
+    where_used text;
+BEGIN
+    LOCK TABLE dscsa.keyring IN SHARE ROW EXCLUSIVE MODE;
+    SELECT * INTO target FROM dscsa.keyring k
+     WHERE k.key_name = retire_key.key_name AND k.version = retire_key.version;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'key "%" has no version %', retire_key.key_name, retire_key.version
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    IF target.status = 'active' THEN
+        RAISE EXCEPTION 'key "%" version % is the active version', retire_key.key_name, retire_key.version
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Rotate the key first with dscsa.rotate_key().';
+    END IF;
+    IF target.status = 'retired' THEN
+        RETURN;
+    END IF;
+    SELECT coalesce(sum(u.rows), 0),
+           string_agg(pg_catalog.format('%s.%I: %s', u.table_name, u.column_name, u.rows), ', ')
+      INTO in_use, where_used
+      FROM dscsa.key_usage(retire_key.key_name) u
+     WHERE u.key_id = target.key_id;
+    IF in_use > 0 THEN
+        RAISE EXCEPTION 'key "%" version % is still used by % rows', retire_key.key_name, retire_key.version, in_use
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Rows per column: ' || where_used,
+                  HINT = 'Re-encrypt those values under the active version first.';
+    END IF;
+    UPDATE dscsa.keyring SET status = 'retired', retired_at = now() WHERE keyring.key_id = target.key_id;
+END
+$$;
+COMMENT ON FUNCTION dscsa.retire_key(text, integer) IS
+    'Retires a decrypt-only key version; refused with the row count while any value uses it.';

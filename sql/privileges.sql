@@ -41,7 +41,7 @@ GRANT EXECUTE ON FUNCTION
     dscsa.envelope_bytes(dscsa.encrypted), dscsa.to_encrypted(bytea),
     dscsa.armor(dscsa.encrypted), dscsa.dearmor(text),
     dscsa.load_key(text, text), dscsa.unload_key(text), dscsa.unload_all_keys(),
-    dscsa.loaded_keys(), dscsa._key_exists(integer)
+    dscsa.loaded_keys(), dscsa._key_exists(integer), dscsa._active_key_id(text)
     TO dscsa_admin, dscsa_writer, dscsa_reader;
 
 GRANT EXECUTE ON FUNCTION
@@ -67,5 +67,6 @@ BEGIN
 END
 $$;
 
-GRANT EXECUTE ON FUNCTION dscsa.create_key(text, text), dscsa.rotate_key(text, text) TO dscsa_admin;
+GRANT EXECUTE ON FUNCTION dscsa.create_key(text, text), dscsa.rotate_key(text, text),
+    dscsa.retire_key(text, integer), dscsa.key_usage(text) TO dscsa_admin;
 GRANT SELECT ON dscsa.keyring TO dscsa_admin;

@@ -14,10 +14,40 @@ use crate::error::{raise, OrRaise};
 use crate::fmgr::{arg_bytes, new_varlena, optional_arg_bytes, pg_v1_function, return_null};
 use crate::{guc, keyring, keys};
 
+/// Once per transaction and key name, compares the active version this session holds
+/// with the keyring's: after `dscsa.rotate_key` in another session, new values must go
+/// under the new version. If it changed, the key is reloaded through the KMS hook (one
+/// unwrap of the new version), keeping its scope.
+///
+/// Skipped while a parallel plan runs (no SPI is allowed then); the next statement of
+/// the session outside parallel mode catches up.
+fn follow_rotation(name: &[u8]) {
+    // SAFETY: IsInParallelMode only reads backend-local transaction state.
+    if unsafe { pg_sys::IsInParallelMode() } {
+        return;
+    }
+    if keys::check_once_per_xact(name) {
+        return;
+    }
+    let Some(scope) = keys::loaded_scope(name) else {
+        return; // not loaded: with_active_key reports that
+    };
+    let Ok(name) = std::str::from_utf8(name) else {
+        return;
+    };
+    match keyring::active_key_id(name) {
+        Some(id) if keys::is_loaded_active(id) => {}
+        Some(_) => keyring::reload(name, scope),
+        // No active version any more (all retired): refuse to encrypt under a stale one.
+        None => raise(Error::UnknownKey(name.to_string())),
+    }
+}
+
 /// # Safety
 /// Called only from the V1 functions below, whose SQL declarations are STRICT.
 unsafe fn encrypt(fcinfo: pg_sys::FunctionCallInfo, kind: FieldKind) -> pg_sys::Datum {
     let plaintext = arg_bytes(fcinfo, 0);
+    follow_rotation(guc::key_name());
     let context = optional_arg_bytes(fcinfo, 1);
     check_plaintext(plaintext).or_raise();
     check_context(context).or_raise();

@@ -84,6 +84,24 @@ pub fn key_exists(key_id: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// The keyring's active version of data key `key_name`, asked through a SECURITY DEFINER
+/// function (encrypting roles cannot read the keyring).
+pub fn active_key_id(key_name: &str) -> Option<u32> {
+    Spi::get_one_with_args::<i32>("SELECT dscsa._active_key_id($1)", &[key_name.into()])
+        .unwrap_or_else(|e| internal("looking up the active key version failed", e))
+        .and_then(|id| u32::try_from(id).ok())
+}
+
+/// Reloads `key_name` through the SQL entry point, so that the keyring is read with the
+/// extension owner's rights whoever the caller is.
+pub fn reload(key_name: &str, scope: Scope) {
+    Spi::run_with_args(
+        "SELECT dscsa.load_key($1, $2)",
+        &[key_name.into(), scope.name().into()],
+    )
+    .unwrap_or_else(|e| internal("reloading a rotated key failed", e));
+}
+
 /// Unwraps every usable version of `key_name` not yet in this session. All or nothing:
 /// if any unwrap fails, the ones already unwrapped are dropped (zeroized) with the error.
 #[pg_extern(sql = false)]
@@ -93,6 +111,8 @@ fn load_key(key_name: &str, scope: &str) -> i32 {
     if rows.is_empty() {
         raise(Error::UnknownKey(key_name.to_string()));
     }
+    // Versions retired since this session loaded them are forgotten (and zeroized).
+    keys::remove_where(|k| k.name == key_name && !rows.iter().any(|r| r.key_id == k.key_id));
     let mut fresh = Vec::new();
     for row in &rows {
         if keys::is_loaded(row.key_id) {

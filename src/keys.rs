@@ -48,6 +48,9 @@ pub struct SessionKey {
 
 thread_local! {
     static KEYS: RefCell<Vec<SessionKey>> = const { RefCell::new(Vec::new()) };
+    /// Key names whose active version was checked against the keyring in the current
+    /// transaction (see `crypto::encrypt`); cleared at every transaction end.
+    static CHECKED_THIS_XACT: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
     static NONCES: RefCell<NonceSource> = const { RefCell::new(NonceSource::new()) };
 }
 
@@ -82,6 +85,44 @@ pub fn with_active_key<T>(name: &[u8], f: impl FnOnce(u32, &DataKey) -> T) -> Re
             .ok_or_else(|| Error::NoActiveKeyLoaded(String::from_utf8_lossy(name).into_owned()))?;
         Ok(f(k.key_id, &k.key))
     })
+}
+
+/// Marks `name` as checked in this transaction; returns whether it already was.
+pub fn check_once_per_xact(name: &[u8]) -> bool {
+    CHECKED_THIS_XACT.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.iter().any(|n| n == name) {
+            true
+        } else {
+            c.push(name.to_vec());
+            false
+        }
+    })
+}
+
+/// The scope to reload `name` with: session if any loaded version is session-scoped,
+/// transaction if all are, None if the name is not loaded at all.
+pub fn loaded_scope(name: &[u8]) -> Option<Scope> {
+    KEYS.with(|keys| {
+        let keys = keys.borrow();
+        let mut scopes = keys
+            .iter()
+            .filter(|k| k.name.as_bytes() == name)
+            .map(|k| k.scope);
+        let first = scopes.next()?;
+        Some(
+            if first == Scope::Session || scopes.any(|s| s == Scope::Session) {
+                Scope::Session
+            } else {
+                Scope::Transaction
+            },
+        )
+    })
+}
+
+/// Whether `key_id` is loaded and is what this session takes as the active version.
+pub fn is_loaded_active(key_id: u32) -> bool {
+    KEYS.with(|keys| keys.borrow().iter().any(|k| k.key_id == key_id && k.active))
 }
 
 pub fn is_loaded(key_id: u32) -> bool {
@@ -148,6 +189,7 @@ unsafe extern "C-unwind" fn on_xact_event(
             | XACT_EVENT_PARALLEL_ABORT
     ) {
         remove_where(|k| k.scope == Scope::Transaction);
+        CHECKED_THIS_XACT.with(|c| c.borrow_mut().clear());
     }
 }
 

@@ -125,6 +125,16 @@ fn only_admins_read_the_keyring_and_nobody_writes_it_directly() {
             "42501",
             "{user}"
         );
+        assert_eq!(
+            sqlstate(c.query_one("SELECT dscsa.retire_key('k', 1)", &[])),
+            "42501",
+            "{user}"
+        );
+        assert_eq!(
+            sqlstate(c.query("SELECT * FROM dscsa.key_usage('k')", &[])),
+            "42501",
+            "{user}"
+        );
     }
     let mut a = connect(&db, ADMIN);
     assert_eq!(

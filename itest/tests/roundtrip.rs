@@ -373,3 +373,58 @@ fn parallel_plans_give_correct_results() {
         .get(0);
     assert_eq!(sum, 20000 * 20);
 }
+
+#[test]
+fn encryption_follows_a_rotation_made_by_another_session() {
+    use pg_dscsa_itest::{READER, WRITER};
+    let (db, mut su) = fresh_db("follow");
+    su.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, c dscsa.encrypted);
+         GRANT SELECT, INSERT ON t TO itest_writer, itest_reader;",
+    )
+    .expect("setup");
+    let mut w = connect(&db, WRITER);
+    w.batch_execute("SET search_path = public, dscsa; SET dscsa.key_name = 'k'")
+        .expect("set");
+    w.query_one("SELECT dscsa.load_key('k')", &[])
+        .expect("load");
+    w.execute("INSERT INTO t VALUES (1, dscsa_encrypt('before'))", &[])
+        .expect("insert");
+    // Another session (the key administrator) rotates the key.
+    let new_id: i32 = su
+        .query_one("SELECT dscsa.rotate_key('k')", &[])
+        .expect("rotate")
+        .get(0);
+    // The writer's next transaction notices, unwraps the new version through the hook,
+    // and encrypts under it; it never writes under the now decrypt-only version.
+    w.execute("INSERT INTO t VALUES (2, dscsa_encrypt('after'))", &[])
+        .expect("insert after rotation");
+    let ids: Vec<i64> = su
+        .query("SELECT dscsa.envelope_key_id(c) FROM t ORDER BY id", &[])
+        .expect("ids")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_ne!(ids[0], ids[1]);
+    assert_eq!(ids[1], i64::from(new_id));
+    let loaded: i64 = w
+        .query_one(
+            "SELECT count(*) FROM dscsa.loaded_keys() WHERE key_name = 'k'",
+            &[],
+        )
+        .expect("loaded")
+        .get(0);
+    assert_eq!(loaded, 2, "the writer holds both versions now");
+    let mut r = connect(&db, READER);
+    r.batch_execute("SET search_path = public, dscsa")
+        .expect("set");
+    r.query_one("SELECT dscsa.load_key('k')", &[])
+        .expect("load");
+    let values: Vec<String> = r
+        .query("SELECT dscsa_decrypt(c) FROM t ORDER BY id", &[])
+        .expect("decrypt")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(values, ["before", "after"]);
+}

@@ -63,3 +63,21 @@ SELECT key_name, version, status FROM dscsa.keyring ORDER BY key_id;
 -- Unload.
 SELECT dscsa.unload_key('regress');
 SELECT pg_temp.sqlstate_of($$SELECT dscsa_decrypt(c) FROM before_rotation$$) AS after_unload;
+
+-- Retiring: refused for the active version and while any row uses the version.
+SELECT dscsa.load_key('regress') AS versions_loaded;
+CREATE TABLE uses_v1 (id int PRIMARY KEY, c dscsa.serial_encrypted);
+INSERT INTO uses_v1 VALUES (1, NULL);
+CREATE TABLE plain_copy AS SELECT 1 AS id, c FROM before_rotation;
+SELECT key_id, version, status, table_name, column_name, rows FROM dscsa.key_usage('regress') ORDER BY 4, 1;
+SELECT dscsa.retire_key('regress', 2);
+SELECT dscsa.retire_key('regress', 1);
+SELECT dscsa.retire_key('regress', 9);
+DELETE FROM before_rotation;
+DELETE FROM plain_copy;
+SELECT dscsa.retire_key('regress', 1);
+SELECT dscsa.retire_key('regress', 1);
+SELECT key_name, version, status, retired_at IS NOT NULL AS has_retired_at FROM dscsa.keyring ORDER BY key_id;
+SELECT dscsa.load_key('regress') AS versions_loaded_after_retire;
+SELECT key_name, version, active FROM dscsa.loaded_keys() ORDER BY version;
+DROP TABLE uses_v1, plain_copy;
