@@ -213,3 +213,86 @@ END
 $$;
 COMMENT ON FUNCTION dscsa.retire_key(text, integer) IS
     'Retires a decrypt-only key version; refused with the row count while any value uses it.';
+
+-- Moves the values of one encrypted column from older key versions to the active version
+-- of dscsa.key_name, in committed batches. Idempotent and resumable: rows already on the
+-- active version are skipped, so a killed run is simply called again. Rows are locked
+-- while they are rewritten (FOR UPDATE SKIP LOCKED, then retried), so concurrent INSERT,
+-- UPDATE and DELETE stay correct. Plaintext exists only transiently inside each UPDATE.
+-- The caller needs dscsa_reader and dscsa_writer, UPDATE on the table, and the key loaded.
+-- It runs with the caller's rights (not SECURITY DEFINER) and has no SET clause because a
+-- procedure with one cannot COMMIT; every object it names is schema-qualified instead.
+CREATE PROCEDURE dscsa.reencrypt(tbl regclass, col name, context text DEFAULT NULL, batch_size integer DEFAULT 5000)
+    LANGUAGE plpgsql
+AS $$
+DECLARE
+    key_name text := pg_catalog.current_setting('dscsa.key_name');
+    active_id integer := dscsa._active_key_id(key_name);
+    col_type regtype;
+    encrypt_fn text;
+    stmt text;
+    ctx text := CASE WHEN context IS NULL THEN '' ELSE ', $3' END;
+    total bigint;
+    done bigint := 0;
+    n bigint;
+    remaining bigint;
+    waits integer := 0;
+    started timestamptz := pg_catalog.clock_timestamp();
+BEGIN
+    IF active_id IS NULL THEN
+        RAISE EXCEPTION 'key "%" has no active version', key_name USING ERRCODE = 'undefined_object';
+    END IF;
+    IF batch_size < 1 THEN
+        RAISE EXCEPTION 'batch_size must be positive' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT a.atttypid::regtype INTO col_type
+      FROM pg_catalog.pg_attribute a
+     WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+    encrypt_fn := CASE col_type
+        WHEN 'dscsa.encrypted'::regtype THEN 'dscsa.dscsa_encrypt'
+        WHEN 'dscsa.gtin_encrypted'::regtype THEN 'dscsa.dscsa_encrypt_gtin'
+        WHEN 'dscsa.serial_encrypted'::regtype THEN 'dscsa.dscsa_encrypt_serial'
+        WHEN 'dscsa.lot_encrypted'::regtype THEN 'dscsa.dscsa_encrypt_lot'
+        WHEN 'dscsa.expiry_encrypted'::regtype THEN 'dscsa.dscsa_encrypt_expiry'
+    END;
+    IF encrypt_fn IS NULL THEN
+        RAISE EXCEPTION 'column %.% is not an encrypted column', tbl, col USING ERRCODE = 'wrong_object_type';
+    END IF;
+    EXECUTE pg_catalog.format('SELECT count(*) FROM %s WHERE %I IS NOT NULL AND dscsa.envelope_key_id(%I) <> $1',
+                              tbl, col, col)
+       INTO total USING active_id;
+    stmt := pg_catalog.format(
+        'WITH batch AS (SELECT ctid FROM %1$s WHERE %2$I IS NOT NULL AND dscsa.envelope_key_id(%2$I) <> $1
+                         LIMIT $2 FOR UPDATE SKIP LOCKED)
+         UPDATE %1$s t SET %2$I = %3$s(dscsa.dscsa_decrypt(t.%2$I%4$s)%4$s)
+           FROM batch WHERE t.ctid = batch.ctid',
+        tbl, col, encrypt_fn, ctx);
+    LOOP
+        EXECUTE stmt USING active_id, batch_size, context;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        IF n = 0 THEN
+            -- Nothing unlocked is left; rows locked by other transactions are retried.
+            EXECUTE pg_catalog.format('SELECT count(*) FROM %s WHERE %I IS NOT NULL AND dscsa.envelope_key_id(%I) <> $1',
+                                      tbl, col, col)
+               INTO remaining USING active_id;
+            EXIT WHEN remaining = 0;
+            waits := waits + 1;
+            IF waits > 600 THEN
+                RAISE WARNING '% rows of %.% are still locked by other transactions; call dscsa.reencrypt again',
+                    remaining, tbl, col;
+                EXIT;
+            END IF;
+            PERFORM pg_catalog.pg_sleep(0.1);
+            CONTINUE;
+        END IF;
+        done := done + n;
+        COMMIT;
+        RAISE NOTICE 'dscsa.reencrypt %.%: % of % rows (% %%), % rows/s', tbl, col, done, total,
+            CASE WHEN total > 0 THEN round(100.0 * least(done, total) / total, 1) ELSE 100 END,
+            round(done / greatest(extract(epoch FROM pg_catalog.clock_timestamp() - started), 0.001));
+    END LOOP;
+    RAISE NOTICE 'dscsa.reencrypt %.%: done, % rows re-encrypted under key id %', tbl, col, done, active_id;
+END
+$$;
+COMMENT ON PROCEDURE dscsa.reencrypt(regclass, name, text, integer) IS
+    'Re-encrypts a column under the active key version in committed batches; idempotent, resumable, safe under concurrent writes.';

@@ -24,7 +24,7 @@ END
 $$;
 
 REVOKE ALL ON SCHEMA dscsa FROM PUBLIC;
-REVOKE ALL ON ALL FUNCTIONS IN SCHEMA dscsa FROM PUBLIC;
+REVOKE ALL ON ALL ROUTINES IN SCHEMA dscsa FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA dscsa FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA dscsa FROM PUBLIC;
 REVOKE ALL ON TYPE dscsa.encrypted, dscsa.gtin_encrypted, dscsa.serial_encrypted,
@@ -70,3 +70,5 @@ $$;
 GRANT EXECUTE ON FUNCTION dscsa.create_key(text, text), dscsa.rotate_key(text, text),
     dscsa.retire_key(text, integer), dscsa.key_usage(text) TO dscsa_admin;
 GRANT SELECT ON dscsa.keyring TO dscsa_admin;
+-- Re-encryption decrypts and encrypts as the caller, who needs both roles.
+GRANT EXECUTE ON PROCEDURE dscsa.reencrypt(regclass, name, text, integer) TO dscsa_reader, dscsa_writer;
