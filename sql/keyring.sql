@@ -10,10 +10,16 @@ CREATE TABLE dscsa.keyring (
     key_id          integer PRIMARY KEY DEFAULT nextval('dscsa.keyring_key_id_seq'),
     key_name        text NOT NULL CHECK (key_name ~ '^[A-Za-z0-9_.:-]{1,63}$'),
     version         integer NOT NULL CHECK (version > 0),
-    -- 'blind_index' keys (HMAC, never used to encrypt) fit here without a format change.
-    purpose         text NOT NULL DEFAULT 'data' CHECK (purpose IN ('data', 'blind_index')),
+    -- data: encrypts envelopes. blind_index: HMAC key of blind indexes, never encrypts.
+    -- import: another application's AES-GCM key, only used to convert its values.
+    purpose         text NOT NULL DEFAULT 'data' CHECK (purpose IN ('data', 'blind_index', 'import')),
+    blind_index_length smallint CHECK ((purpose = 'blind_index') = (blind_index_length IS NOT NULL)
+                                       AND blind_index_length BETWEEN 8 AND 32),
+    -- import keys: the KMS reference the key was fetched by.
+    external_ref    text CHECK ((purpose = 'import') = (external_ref IS NOT NULL)),
     status          text NOT NULL CHECK (status IN ('active', 'decrypt_only', 'retired')),
     kek_ref         text NOT NULL,
+    rewrapped_at    timestamptz,
     wrapped_key     bytea NOT NULL,
     key_check       bytea NOT NULL CHECK (length(key_check) = 16),
     created_at      timestamptz NOT NULL DEFAULT now(),
@@ -79,23 +85,142 @@ DECLARE
 BEGIN
     LOCK TABLE dscsa.keyring IN SHARE ROW EXCLUSIVE MODE;
     SELECT * INTO cur FROM dscsa.keyring k
-     WHERE k.key_name = rotate_key.key_name AND k.purpose = 'data' AND k.status = 'active';
+     WHERE k.key_name = rotate_key.key_name AND k.status = 'active';
     IF NOT FOUND THEN
         RAISE EXCEPTION 'key "%" does not exist or has no active version', rotate_key.key_name
             USING ERRCODE = 'undefined_object';
+    END IF;
+    IF cur.purpose = 'import' THEN
+        RAISE EXCEPTION 'key "%" is an imported key; it cannot be rotated here', rotate_key.key_name
+            USING ERRCODE = 'wrong_object_type',
+                  HINT = 'Import the application''s new key under a new name with dscsa.import_key().';
     END IF;
     SELECT max(k.version) + 1 INTO new_version FROM dscsa.keyring k WHERE k.key_name = rotate_key.key_name;
     new_id := nextval('dscsa.keyring_key_id_seq');
     SELECT * INTO STRICT w
       FROM dscsa._wrap_new_key(new_id, rotate_key.key_name, new_version, coalesce(rotate_key.kek, cur.kek_ref));
     UPDATE dscsa.keyring SET status = 'decrypt_only', deactivated_at = now() WHERE keyring.key_id = cur.key_id;
-    INSERT INTO dscsa.keyring (key_id, key_name, version, status, kek_ref, wrapped_key, key_check)
-    VALUES (new_id, rotate_key.key_name, new_version, 'active', w.kek_ref, w.wrapped_key, w.key_check);
+    INSERT INTO dscsa.keyring (key_id, key_name, version, purpose, blind_index_length, status,
+                               kek_ref, wrapped_key, key_check)
+    VALUES (new_id, rotate_key.key_name, new_version, cur.purpose, cur.blind_index_length, 'active',
+            w.kek_ref, w.wrapped_key, w.key_check);
     RETURN new_id;
 END
 $$;
 COMMENT ON FUNCTION dscsa.rotate_key(text, text) IS
-    'Adds a new active version of a key; the previous active version becomes decrypt-only.';
+    'Adds a new active version of a data or blind-index key; the previous active version becomes decrypt-only.';
+
+-- The other two purposes. A key name has one purpose for all its versions.
+CREATE FUNCTION dscsa.create_blind_index_key(key_name text, length integer DEFAULT 16, kek text DEFAULT 'dev')
+    RETURNS integer
+    LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    new_id integer;
+    w record;
+BEGIN
+    IF length NOT BETWEEN 8 AND 32 THEN
+        RAISE EXCEPTION 'blind index length must be 8 to 32 bytes'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'See docs/BLIND_INDEX.md for choosing it; 16 suits tables up to billions of rows.';
+    END IF;
+    LOCK TABLE dscsa.keyring IN SHARE ROW EXCLUSIVE MODE;
+    IF EXISTS (SELECT 1 FROM dscsa.keyring k WHERE k.key_name = create_blind_index_key.key_name) THEN
+        RAISE EXCEPTION 'key "%" already exists', create_blind_index_key.key_name
+            USING ERRCODE = 'duplicate_object', HINT = 'Use dscsa.rotate_key() to add a new version.';
+    END IF;
+    IF create_blind_index_key.key_name !~ '^[A-Za-z0-9_.:-]{1,63}$' THEN
+        RAISE EXCEPTION 'invalid key name' USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = 'A key name is 1 to 63 characters of A-Z a-z 0-9 _ . : -';
+    END IF;
+    new_id := nextval('dscsa.keyring_key_id_seq');
+    SELECT * INTO STRICT w FROM dscsa._wrap_new_key(new_id, create_blind_index_key.key_name, 1, kek);
+    INSERT INTO dscsa.keyring (key_id, key_name, version, purpose, blind_index_length, status,
+                               kek_ref, wrapped_key, key_check)
+    VALUES (new_id, create_blind_index_key.key_name, 1, 'blind_index', length, 'active',
+            w.kek_ref, w.wrapped_key, w.key_check);
+    RETURN new_id;
+END
+$$;
+COMMENT ON FUNCTION dscsa.create_blind_index_key(text, integer, text) IS
+    'Creates a blind-index (HMAC-SHA-256) key whose index values keep length bytes of the MAC.';
+
+CREATE FUNCTION dscsa._wrap_imported_key(key_id integer, key_name text, version integer, reference text, kek text)
+    RETURNS TABLE (wrapped_key bytea, kek_ref text, key_check bytea)
+    VOLATILE STRICT PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'wrap_imported_key_wrapper';
+
+CREATE FUNCTION dscsa.import_key(key_name text, reference text, kek text DEFAULT 'dev')
+    RETURNS integer
+    LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    new_id integer;
+    w record;
+BEGIN
+    LOCK TABLE dscsa.keyring IN SHARE ROW EXCLUSIVE MODE;
+    IF EXISTS (SELECT 1 FROM dscsa.keyring k WHERE k.key_name = import_key.key_name) THEN
+        RAISE EXCEPTION 'key "%" already exists', import_key.key_name USING ERRCODE = 'duplicate_object';
+    END IF;
+    IF import_key.key_name !~ '^[A-Za-z0-9_.:-]{1,63}$' THEN
+        RAISE EXCEPTION 'invalid key name' USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = 'A key name is 1 to 63 characters of A-Z a-z 0-9 _ . : -';
+    END IF;
+    new_id := nextval('dscsa.keyring_key_id_seq');
+    SELECT * INTO STRICT w FROM dscsa._wrap_imported_key(new_id, import_key.key_name, 1, reference, kek);
+    INSERT INTO dscsa.keyring (key_id, key_name, version, purpose, external_ref, status,
+                               kek_ref, wrapped_key, key_check)
+    VALUES (new_id, import_key.key_name, 1, 'import', reference, 'active',
+            w.kek_ref, w.wrapped_key, w.key_check);
+    RETURN new_id;
+END
+$$;
+COMMENT ON FUNCTION dscsa.import_key(text, text, text) IS
+    'Fetches another application''s AES-256-GCM key from the KMS (hook operation import) and keeps it wrapped, for dscsa.import_json().';
+
+-- KEK rotation: every keyring entry that can still be loaded is unwrapped under its
+-- current KEK and wrapped under new_kek by the hook, checked, and updated in place. No
+-- data is rewritten. All or nothing: one failing entry rolls the whole rotation back.
+CREATE FUNCTION dscsa._rewrap_key(key_id integer, key_name text, version integer, kek_ref text,
+                                  wrapped_key bytea, key_check bytea, new_kek text)
+    RETURNS TABLE (wrapped_key bytea, kek_ref text, key_check bytea)
+    VOLATILE STRICT PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'rewrap_key_wrapper';
+
+CREATE FUNCTION dscsa.rotate_kek(new_kek text DEFAULT 'dev')
+    RETURNS integer
+    LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k dscsa.keyring;
+    w record;
+    n integer := 0;
+BEGIN
+    LOCK TABLE dscsa.keyring IN SHARE ROW EXCLUSIVE MODE;
+    FOR k IN SELECT * FROM dscsa.keyring WHERE status <> 'retired' ORDER BY key_id LOOP
+        SELECT * INTO STRICT w
+          FROM dscsa._rewrap_key(k.key_id, k.key_name, k.version, k.kek_ref, k.wrapped_key, k.key_check, new_kek);
+        IF w.key_check <> k.key_check THEN
+            RAISE EXCEPTION 'rewrapping key id % changed its check value', k.key_id
+                USING ERRCODE = 'external_routine_exception';
+        END IF;
+        UPDATE dscsa.keyring SET wrapped_key = w.wrapped_key, kek_ref = w.kek_ref, rewrapped_at = now()
+         WHERE keyring.key_id = k.key_id;
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION dscsa.rotate_kek(text) IS
+    'Re-wraps every non-retired keyring entry under new_kek through the KMS hook; no data is rewritten. Returns the number of entries.';
+
+-- Metadata of a key id for reports (never key material).
+CREATE FUNCTION dscsa._key_meta(key_id integer)
+    RETURNS TABLE (key_name text, version integer, status text, purpose text)
+    LANGUAGE sql STABLE STRICT PARALLEL SAFE
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$ SELECT k.key_name, k.version, k.status, k.purpose FROM dscsa.keyring k WHERE k.key_id = _key_meta.key_id $$;
 
 -- Used on the decrypt error path to tell "key not loaded" from "no such key id".
 CREATE FUNCTION dscsa._key_exists(key_id integer) RETURNS boolean
@@ -108,7 +233,7 @@ CREATE FUNCTION dscsa._active_key_id(key_name text) RETURNS integer
     LANGUAGE sql STABLE STRICT PARALLEL SAFE
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     RETURN (SELECT k.key_id FROM dscsa.keyring k
-             WHERE k.key_name = _active_key_id.key_name AND k.purpose = 'data' AND k.status = 'active');
+             WHERE k.key_name = _active_key_id.key_name AND k.status = 'active');
 
 -- Session key management. load_key reads the keyring as the extension owner, so it is
 -- SECURITY DEFINER with a pinned search_path; the keys land in the caller's backend only.

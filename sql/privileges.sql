@@ -41,7 +41,8 @@ GRANT EXECUTE ON FUNCTION
     dscsa.envelope_bytes(dscsa.encrypted), dscsa.to_encrypted(bytea),
     dscsa.armor(dscsa.encrypted), dscsa.dearmor(text),
     dscsa.load_key(text, text), dscsa.unload_key(text), dscsa.unload_all_keys(),
-    dscsa.loaded_keys(), dscsa._key_exists(integer), dscsa._active_key_id(text)
+    dscsa.loaded_keys(), dscsa._key_exists(integer), dscsa._active_key_id(text),
+    dscsa._key_meta(integer), dscsa.normalize_identifier(text, text)
     TO dscsa_admin, dscsa_writer, dscsa_reader;
 
 GRANT EXECUTE ON FUNCTION
@@ -72,3 +73,29 @@ GRANT EXECUTE ON FUNCTION dscsa.create_key(text, text), dscsa.rotate_key(text, t
 GRANT SELECT ON dscsa.keyring TO dscsa_admin;
 -- Re-encryption decrypts and encrypts as the caller, who needs both roles.
 GRANT EXECUTE ON PROCEDURE dscsa.reencrypt(regclass, name, text, integer) TO dscsa_reader, dscsa_writer;
+
+-- Blind-index lookups (reveal an HMAC, never a value) for applications that read or write.
+GRANT EXECUTE ON FUNCTION dscsa.blind_index(text, text, text),
+    dscsa.blind_index_candidates(text, text, text) TO dscsa_reader, dscsa_writer;
+-- Converting another application's ciphertext yields only ciphertext.
+GRANT EXECUTE ON FUNCTION dscsa.import_json(jsonb, text, text),
+    dscsa.import_json(jsonb, text, text, text) TO dscsa_writer;
+-- Authenticating without decrypting: auditors (admin) and readers.
+GRANT EXECUTE ON FUNCTION dscsa.authenticate(dscsa.encrypted), dscsa.authenticate(dscsa.encrypted, text),
+    dscsa.verify_column(regclass, name, text) TO dscsa_admin, dscsa_reader;
+
+-- Column protection and key administration. The DBA who protects a column owns the
+-- table and also holds dscsa_writer (dscsa_reader to revert it).
+GRANT EXECUTE ON FUNCTION dscsa.create_blind_index_key(text, integer, text),
+    dscsa.import_key(text, text, text), dscsa.rotate_kek(text),
+    dscsa.protect_column_problems(regclass, name, text), dscsa.create_view(regclass, name),
+    dscsa._encrypt_function(text), dscsa._encrypted_type(text), dscsa._plaintext_expr(name, regtype, text),
+    dscsa._carried_index(regclass, name), dscsa._raise_problems(regclass, name, text),
+    dscsa._finish_protection(dscsa.protected_columns),
+    dscsa.protect_sync_trigger(), dscsa.blind_index_trigger()
+    TO dscsa_admin;
+GRANT EXECUTE ON PROCEDURE dscsa.protect_column(regclass, name, text, text, text, text, integer),
+    dscsa.abort_protect_column(regclass, name), dscsa.unprotect_column(regclass, name),
+    dscsa.reindex_blind(regclass, name, integer) TO dscsa_admin;
+GRANT SELECT ON dscsa.protected_columns TO dscsa_admin, dscsa_writer, dscsa_reader;
+GRANT INSERT, UPDATE, DELETE ON dscsa.protected_columns TO dscsa_admin;

@@ -5,10 +5,11 @@
 //! header, which acts as a built-in context: a serial ciphertext cannot be stored in a
 //! lot column (domain CHECK) nor decrypted as a lot (kind check, then GCM).
 
-use dscsa_core::cipher::{check_plaintext, open_into, seal_into};
+use dscsa_core::cipher::{check_plaintext, open, open_into, seal_into};
 use dscsa_core::envelope::{check_context, envelope_len, Envelope, FieldKind};
 use dscsa_core::{Error, Result};
 use pgrx::pg_sys;
+use zeroize::Zeroizing;
 
 use crate::error::{raise, OrRaise};
 use crate::fmgr::{arg_bytes, new_varlena, optional_arg_bytes, pg_v1_function, return_null};
@@ -21,7 +22,7 @@ use crate::{guc, keyring, keys};
 ///
 /// Skipped while a parallel plan runs (no SPI is allowed then); the next statement of
 /// the session outside parallel mode catches up.
-fn follow_rotation(name: &[u8]) {
+pub(crate) fn follow_rotation(name: &[u8]) {
     // SAFETY: IsInParallelMode only reads backend-local transaction state.
     if unsafe { pg_sys::IsInParallelMode() } {
         return;
@@ -43,22 +44,42 @@ fn follow_rotation(name: &[u8]) {
     }
 }
 
+/// Seals `plaintext` under the active version of data key `key_name` into a new
+/// varlena (the envelope), following a rotation made by another session first.
+pub(crate) fn seal_varlena(
+    key_name: &[u8],
+    kind: FieldKind,
+    context: &[u8],
+    plaintext: &[u8],
+) -> Result<pg_sys::Datum> {
+    follow_rotation(key_name);
+    check_plaintext(plaintext)?;
+    check_context(context)?;
+    let nonce = keys::next_nonce()?;
+    let (ptr, out) = new_varlena(envelope_len(plaintext.len()));
+    keys::with_active_key(key_name, |key_id, key| {
+        seal_into(key, key_id, kind, context, nonce, plaintext, out)
+    })??;
+    Ok(pg_sys::Datum::from(ptr))
+}
+
+/// Authenticates and decrypts an envelope into a zeroizing buffer (for callers that
+/// need the plaintext only transiently: blind indexes, verification, import).
+pub(crate) fn open_transient(envelope: &[u8], context: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+    let env = Envelope::parse(envelope)?;
+    check_context(context)?;
+    keys::with_key_id(env.key_id, |key| open(key, &env, context)).map_err(|e| match e {
+        Error::KeyVersionNotLoaded(id) if !keyring::key_exists(id) => Error::KeyNotInKeyring(id),
+        other => other,
+    })?
+}
+
 /// # Safety
 /// Called only from the V1 functions below, whose SQL declarations are STRICT.
 unsafe fn encrypt(fcinfo: pg_sys::FunctionCallInfo, kind: FieldKind) -> pg_sys::Datum {
     let plaintext = arg_bytes(fcinfo, 0);
-    follow_rotation(guc::key_name());
     let context = optional_arg_bytes(fcinfo, 1);
-    check_plaintext(plaintext).or_raise();
-    check_context(context).or_raise();
-    let nonce = keys::next_nonce().or_raise();
-    let (ptr, out) = new_varlena(envelope_len(plaintext.len()));
-    keys::with_active_key(guc::key_name(), |key_id, key| {
-        seal_into(key, key_id, kind, context, nonce, plaintext, out)
-    })
-    .and_then(|sealed| sealed)
-    .or_raise();
-    pg_sys::Datum::from(ptr)
+    seal_varlena(guc::key_name(), kind, context, plaintext).or_raise()
 }
 
 thread_local! {
@@ -66,7 +87,7 @@ thread_local! {
     static DATABASE_IS_UTF8: std::cell::OnceCell<bool> = const { std::cell::OnceCell::new() };
 }
 
-fn valid_in_database_encoding(bytes: &[u8]) -> bool {
+pub(crate) fn valid_in_database_encoding(bytes: &[u8]) -> bool {
     // SAFETY: GetDatabaseEncoding only reads a backend global.
     let utf8 = DATABASE_IS_UTF8.with(|c| {
         *c.get_or_init(
@@ -117,7 +138,7 @@ fn decrypt_to_text(
 /// Errors that mean "this value is bad", for which the try variants return NULL. A key
 /// that is not loaded or a bad argument still raises: a scan must not silently turn
 /// every row into NULL because of a configuration mistake.
-fn is_bad_value(err: &Error) -> bool {
+pub(crate) fn is_bad_value(err: &Error) -> bool {
     matches!(
         err,
         Error::AuthenticationFailed

@@ -43,7 +43,14 @@ pub unsafe fn nargs(fcinfo: pg_sys::FunctionCallInfo) -> usize {
 /// # Safety
 /// Argument `n` must exist, be non-NULL and be a varlena.
 pub unsafe fn arg_bytes<'a>(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> &'a [u8] {
-    let datum = pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, n);
+    datum_bytes(pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, n))
+}
+
+/// Detoasted bytes of a non-NULL varlena datum.
+///
+/// # Safety
+/// `datum` must be a valid varlena datum.
+pub unsafe fn datum_bytes<'a>(datum: pg_sys::Datum) -> &'a [u8] {
     let mut varlena = datum.cast_mut_ptr::<pg_sys::varlena>();
     // Like PG_DETOAST_DATUM_PACKED: only compressed or out-of-line values need a call
     // into PostgreSQL; plain and short-header values are read in place.

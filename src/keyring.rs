@@ -1,7 +1,11 @@
-//! Session key management: the Rust side of dscsa.load_key(), unload_key(),
-//! loaded_keys() and of creating a new wrapped key. The keyring table itself and the
-//! SECURITY DEFINER wrappers that read it are SQL (sql/keyring.sql).
+//! Session key management and key wrapping: the Rust side of dscsa.load_key(),
+//! unload_key(), loaded_keys(), of creating, importing and re-wrapping (KEK rotation)
+//! keyring entries, and the lookups encryption needs on the keyring (key_exists,
+//! active_key_id, reload). The keyring table itself and the SECURITY DEFINER wrappers
+//! that read it are SQL (sql/keyring.sql); key material only passes through here in
+//! zeroizing buffers.
 
+use dscsa_core::blind::BlindIndexKey;
 use dscsa_core::cipher::DataKey;
 use dscsa_core::keycheck::key_check_value;
 use dscsa_core::kms::Operation;
@@ -11,13 +15,15 @@ use pgrx::prelude::*;
 use zeroize::Zeroizing;
 
 use crate::error::{raise, OrRaise};
-use crate::keys::{self, Scope, SessionKey};
+use crate::keys::{self, KeyMaterial, Scope, SessionKey};
 use crate::kms;
 
 struct KeyringRow {
     key_id: u32,
     version: i32,
     active: bool,
+    purpose: String,
+    blind_index_length: Option<i16>,
     kek_ref: String,
     wrapped_key: Vec<u8>,
     key_check: Vec<u8>,
@@ -34,9 +40,10 @@ fn to_key_id(id: i32) -> u32 {
 fn keyring_rows(key_name: &str) -> Vec<KeyringRow> {
     Spi::connect(|client| {
         let table = client.select(
-            "SELECT key_id, version, status = 'active', kek_ref, wrapped_key, key_check
+            "SELECT key_id, version, status = 'active', kek_ref, wrapped_key, key_check,
+                    purpose, blind_index_length
                FROM dscsa.keyring
-              WHERE key_name = $1 AND purpose = 'data' AND status IN ('active', 'decrypt_only')
+              WHERE key_name = $1 AND status IN ('active', 'decrypt_only')
               ORDER BY version",
             None,
             &[key_name.into()],
@@ -51,6 +58,8 @@ fn keyring_rows(key_name: &str) -> Vec<KeyringRow> {
                 kek_ref: row.get::<String>(4)?.ok_or_else(missing)?,
                 wrapped_key: row.get::<Vec<u8>>(5)?.ok_or_else(missing)?,
                 key_check: row.get::<Vec<u8>>(6)?.ok_or_else(missing)?,
+                purpose: row.get::<String>(7)?.ok_or_else(missing)?,
+                blind_index_length: row.get::<i16>(8)?,
             });
         }
         Ok::<_, pgrx::spi::Error>(rows)
@@ -58,19 +67,48 @@ fn keyring_rows(key_name: &str) -> Vec<KeyringRow> {
     .unwrap_or_else(|e| internal("reading the keyring failed", e))
 }
 
-fn unwrap_row(key_name: &str, row: &KeyringRow) -> Result<DataKey, Error> {
+/// Unwraps a keyring row through the hook and checks the key against its check value.
+fn unwrap_raw(
+    key_name: &str,
+    key_id: u32,
+    version: i32,
+    kek_ref: &str,
+    wrapped_key: &[u8],
+    key_check: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, Error> {
     let response = kms::call(
         Operation::Unwrap,
-        &row.kek_ref,
-        row.key_id,
+        kek_ref,
+        key_id,
         key_name,
-        row.version as u32,
-        Zeroizing::new(row.wrapped_key.clone()),
+        version as u32,
+        Zeroizing::new(wrapped_key.to_vec()),
     )?;
-    if key_check_value(&response.data)[..] != row.key_check[..] {
-        return Err(Error::KeyCheckFailed(row.key_id));
+    if key_check_value(&response.data)[..] != key_check[..] {
+        return Err(Error::KeyCheckFailed(key_id));
     }
-    DataKey::from_bytes(&response.data)
+    Ok(response.data)
+}
+
+fn unwrap_row(key_name: &str, row: &KeyringRow) -> Result<KeyMaterial, Error> {
+    let raw = unwrap_raw(
+        key_name,
+        row.key_id,
+        row.version,
+        &row.kek_ref,
+        &row.wrapped_key,
+        &row.key_check,
+    )?;
+    match row.purpose.as_str() {
+        "blind_index" => {
+            let length = row.blind_index_length.unwrap_or(0).max(0) as usize;
+            Ok(KeyMaterial::BlindIndex(BlindIndexKey::from_bytes(
+                &raw, length,
+            )?))
+        }
+        "import" => Ok(KeyMaterial::Import(DataKey::from_bytes(&raw)?)),
+        _ => Ok(KeyMaterial::Data(DataKey::from_bytes(&raw)?)),
+    }
 }
 
 /// Whether any keyring entry has this key id (whatever its status). Asked through a
@@ -100,6 +138,14 @@ pub fn reload(key_name: &str, scope: Scope) {
         &[key_name.into(), scope.name().into()],
     )
     .unwrap_or_else(|e| internal("reloading a rotated key failed", e));
+}
+
+/// Loads a key into this session through the KMS hook (as the current user, through
+/// dscsa.load_key) if no version of it is loaded yet.
+pub fn ensure_loaded(name: &str) {
+    if !name.is_empty() && keys::loaded_scope(name.as_bytes()).is_none() {
+        reload(name, Scope::Session);
+    }
 }
 
 /// Unwraps every usable version of `key_name` not yet in this session. All or nothing:
@@ -164,8 +210,31 @@ fn loaded_keys() -> TableIterator<
     )
 }
 
-/// Generates a data key, has the hook wrap it, and checks the hook can unwrap it again
-/// before anything is encrypted under it. Returns only the wrapped form and check value.
+/// What the wrapping functions return: wrapped key, KEK reference, key check value.
+type Wrapped = (Vec<u8>, String, Vec<u8>);
+
+/// Has the hook wrap `key` under `kek` and checks that the hook can unwrap it again
+/// before anything depends on it: a hook that cannot unwrap what it wrapped would make
+/// every value under this key unrecoverable.
+fn wrap_and_verify(key_id: i32, key_name: &str, version: i32, kek: &str, key: &[u8]) -> Wrapped {
+    let id = to_key_id(key_id);
+    let check = key_check_value(key);
+    let wrapped = kms::call(
+        Operation::Wrap,
+        kek,
+        id,
+        key_name,
+        version as u32,
+        Zeroizing::new(key.to_vec()),
+    )
+    .or_raise();
+    let kek_ref = wrapped.kek.clone().unwrap_or_else(|| kek.to_string());
+    drop(unwrap_raw(key_name, id, version, &kek_ref, &wrapped.data, &check).or_raise());
+    (wrapped.data.to_vec(), kek_ref, check.to_vec())
+}
+
+/// A fresh random key (data or blind-index), wrapped. Returns only the wrapped form and
+/// its check value.
 #[pg_extern(sql = false)]
 fn wrap_new_key(
     key_id: i32,
@@ -180,29 +249,68 @@ fn wrap_new_key(
         name!(key_check, Vec<u8>),
     ),
 > {
+    let key = generate_data_key().or_raise();
+    TableIterator::once(wrap_and_verify(key_id, key_name, version, kek, &key[..]))
+}
+
+/// Another application's key, fetched from the KMS by `reference` (hook operation
+/// `import`) and wrapped under `kek` like our own keys.
+#[pg_extern(sql = false)]
+fn wrap_imported_key(
+    key_id: i32,
+    key_name: &str,
+    version: i32,
+    reference: &str,
+    kek: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(wrapped_key, Vec<u8>),
+        name!(kek_ref, String),
+        name!(key_check, Vec<u8>),
+    ),
+> {
     let id = to_key_id(key_id);
-    let dek = generate_data_key().or_raise();
-    let check = key_check_value(&dek[..]);
-    let wrapped = kms::call(
-        Operation::Wrap,
-        kek,
+    let key = kms::call(
+        Operation::Import,
+        reference,
         id,
         key_name,
         version as u32,
-        Zeroizing::new(dek.to_vec()),
+        Zeroizing::new(Vec::new()),
     )
     .or_raise();
-    let kek_ref = wrapped.kek.clone().unwrap_or_else(|| kek.to_string());
-    let row = KeyringRow {
-        key_id: id,
+    TableIterator::once(wrap_and_verify(key_id, key_name, version, kek, &key.data))
+}
+
+/// KEK rotation for one keyring entry: unwrap under its current KEK, wrap under
+/// `new_kek`, prove the new wrap unwraps to the same key (check value). No data changes.
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(sql = false)]
+fn rewrap_key(
+    key_id: i32,
+    key_name: &str,
+    version: i32,
+    kek_ref: &str,
+    wrapped_key: &[u8],
+    key_check: &[u8],
+    new_kek: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(wrapped_key, Vec<u8>),
+        name!(kek_ref, String),
+        name!(key_check, Vec<u8>),
+    ),
+> {
+    let key = unwrap_raw(
+        key_name,
+        to_key_id(key_id),
         version,
-        active: true,
-        kek_ref: kek_ref.clone(),
-        wrapped_key: wrapped.data.to_vec(),
-        key_check: check.to_vec(),
-    };
-    // A hook that cannot unwrap what it wrapped would make every value encrypted under
-    // this key unrecoverable: refuse the key now.
-    drop(unwrap_row(key_name, &row).or_raise());
-    TableIterator::once((row.wrapped_key, kek_ref, row.key_check))
+        kek_ref,
+        wrapped_key,
+        key_check,
+    )
+    .or_raise();
+    TableIterator::once(wrap_and_verify(key_id, key_name, version, new_kek, &key))
 }

@@ -5,6 +5,7 @@
 
 use std::cell::RefCell;
 
+use dscsa_core::blind::BlindIndexKey;
 use dscsa_core::cipher::DataKey;
 use dscsa_core::envelope::NONCE_LEN;
 use dscsa_core::nonce::NonceSource;
@@ -36,14 +37,25 @@ impl Scope {
     }
 }
 
-/// One unwrapped key version. `DataKey` zeroizes its key schedule on drop.
+/// What a key version is for (the keyring's `purpose`). Each kind zeroizes its key
+/// material on drop.
+pub enum KeyMaterial {
+    /// Encrypts and decrypts envelopes.
+    Data(DataKey),
+    /// Computes blind indexes; never encrypts.
+    BlindIndex(BlindIndexKey),
+    /// Another application's AES-GCM key, only ever used to open its values for import.
+    Import(DataKey),
+}
+
+/// One unwrapped key version.
 pub struct SessionKey {
     pub key_id: u32,
     pub name: String,
     pub version: i32,
     pub active: bool,
     pub scope: Scope,
-    pub key: DataKey,
+    pub key: KeyMaterial,
 }
 
 thread_local! {
@@ -63,7 +75,8 @@ pub fn next_nonce() -> Result<[u8; NONCE_LEN]> {
     NONCES.with(|n| n.borrow_mut().next_nonce(pid()))
 }
 
-/// Runs `f` with the key for `key_id`.
+/// Runs `f` with the data key for `key_id`. An envelope naming a key id of another
+/// purpose cannot have been made by dscsa_encrypt: it fails authentication.
 pub fn with_key_id<T>(key_id: u32, f: impl FnOnce(&DataKey) -> T) -> Result<T> {
     KEYS.with(|keys| {
         let keys = keys.borrow();
@@ -71,11 +84,21 @@ pub fn with_key_id<T>(key_id: u32, f: impl FnOnce(&DataKey) -> T) -> Result<T> {
             .iter()
             .find(|k| k.key_id == key_id)
             .ok_or(Error::KeyVersionNotLoaded(key_id))?;
-        Ok(f(&k.key))
+        match &k.key {
+            KeyMaterial::Data(key) => Ok(f(key)),
+            _ => Err(Error::AuthenticationFailed),
+        }
     })
 }
 
-/// Runs `f` with the active version of the key named `name`, passing its key id.
+fn wrong_purpose(name: &[u8], purpose: &str) -> Error {
+    Error::InvalidArgument(format!(
+        "key \"{}\" is not a {purpose} key",
+        String::from_utf8_lossy(name)
+    ))
+}
+
+/// Runs `f` with the active version of the data key named `name`, passing its key id.
 pub fn with_active_key<T>(name: &[u8], f: impl FnOnce(u32, &DataKey) -> T) -> Result<T> {
     KEYS.with(|keys| {
         let keys = keys.borrow();
@@ -83,7 +106,72 @@ pub fn with_active_key<T>(name: &[u8], f: impl FnOnce(u32, &DataKey) -> T) -> Re
             .iter()
             .find(|k| k.active && k.name.as_bytes() == name)
             .ok_or_else(|| Error::NoActiveKeyLoaded(String::from_utf8_lossy(name).into_owned()))?;
-        Ok(f(k.key_id, &k.key))
+        match &k.key {
+            KeyMaterial::Data(key) => Ok(f(k.key_id, key)),
+            _ => Err(wrong_purpose(name, "data")),
+        }
+    })
+}
+
+/// Runs `f` with the active version of blind-index key `name`.
+pub fn with_active_blind_key<T>(
+    name: &[u8],
+    f: impl FnOnce(u32, &BlindIndexKey) -> T,
+) -> Result<T> {
+    KEYS.with(|keys| {
+        let keys = keys.borrow();
+        let k = keys
+            .iter()
+            .find(|k| k.active && k.name.as_bytes() == name)
+            .ok_or_else(|| Error::NoActiveKeyLoaded(String::from_utf8_lossy(name).into_owned()))?;
+        match &k.key {
+            KeyMaterial::BlindIndex(key) => Ok(f(k.key_id, key)),
+            _ => Err(wrong_purpose(name, "blind-index")),
+        }
+    })
+}
+
+/// Calls `f` for every loaded version of blind-index key `name` (active first).
+pub fn for_each_blind_key(name: &[u8], mut f: impl FnMut(u32, &BlindIndexKey)) -> Result<()> {
+    KEYS.with(|keys| {
+        let keys = keys.borrow();
+        let mut versions: Vec<&SessionKey> =
+            keys.iter().filter(|k| k.name.as_bytes() == name).collect();
+        if versions.is_empty() {
+            return Err(Error::NoActiveKeyLoaded(
+                String::from_utf8_lossy(name).into_owned(),
+            ));
+        }
+        versions.sort_by_key(|k| (!k.active, -k.version));
+        for k in versions {
+            match &k.key {
+                KeyMaterial::BlindIndex(key) => f(k.key_id, key),
+                _ => return Err(wrong_purpose(name, "blind-index")),
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Tries `f` with every loaded version of import key `name`, newest first, until one
+/// succeeds; returns the last error otherwise.
+pub fn try_import_keys<T>(name: &[u8], mut f: impl FnMut(&DataKey) -> Result<T>) -> Result<T> {
+    KEYS.with(|keys| {
+        let keys = keys.borrow();
+        let mut versions: Vec<&SessionKey> =
+            keys.iter().filter(|k| k.name.as_bytes() == name).collect();
+        versions.sort_by_key(|k| -k.version);
+        let mut last = Error::NoActiveKeyLoaded(String::from_utf8_lossy(name).into_owned());
+        for k in versions {
+            match &k.key {
+                KeyMaterial::Import(key) => match f(key) {
+                    Ok(v) => return Ok(v),
+                    Err(e) => last = e,
+                },
+                _ => return Err(wrong_purpose(name, "import")),
+            }
+        }
+        Err(last)
     })
 }
 

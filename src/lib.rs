@@ -6,6 +6,8 @@
 
 use pgrx::prelude::*;
 
+mod audit;
+mod blind;
 mod crypto;
 mod error;
 mod fmgr;
@@ -13,6 +15,7 @@ mod guc;
 mod keyring;
 mod keys;
 mod kms;
+mod triggers;
 mod type_io;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -28,6 +31,17 @@ extension_sql_file!(
     name = "keyring",
     requires = ["functions"]
 );
+extension_sql_file!(
+    "../sql/blind_index.sql",
+    name = "blind_index",
+    requires = ["keyring"]
+);
+extension_sql_file!(
+    "../sql/protect.sql",
+    name = "protect",
+    requires = ["blind_index"]
+);
+extension_sql_file!("../sql/views.sql", name = "views", requires = ["protect"]);
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 #[pg_guard]

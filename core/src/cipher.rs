@@ -33,6 +33,11 @@ impl DataKey {
             Aes256Gcm::new_from_slice(bytes).map_err(|_| Error::BadKeyLength(bytes.len()))?;
         Ok(DataKey { cipher })
     }
+
+    /// The expanded cipher, for opening values not in envelope form (`import`).
+    pub(crate) fn cipher(&self) -> &Aes256Gcm {
+        &self.cipher
+    }
 }
 
 impl std::fmt::Debug for DataKey {

@@ -23,6 +23,9 @@ pub enum Operation {
     Wrap,
     /// Decrypt a wrapped data key.
     Unwrap,
+    /// Fetch a key that already exists in the KMS (one another application encrypts
+    /// with) by its reference in `kek`, so that it can be wrapped and kept in the keyring.
+    Import,
 }
 
 impl Operation {
@@ -30,6 +33,7 @@ impl Operation {
         match self {
             Operation::Wrap => "wrap",
             Operation::Unwrap => "unwrap",
+            Operation::Import => "import",
         }
     }
 
@@ -37,6 +41,7 @@ impl Operation {
         match s {
             "wrap" => Some(Operation::Wrap),
             "unwrap" => Some(Operation::Unwrap),
+            "import" => Some(Operation::Import),
             _ => None,
         }
     }
@@ -138,10 +143,13 @@ impl Response {
         };
         let data = fields.get_base64("data")?;
         match operation {
-            Operation::Unwrap if data.len() != crate::cipher::KEY_LEN => Err(Error::Kms(format!(
-                "unwrap answered {} bytes; a data key is 32 bytes",
-                data.len()
-            ))),
+            Operation::Unwrap | Operation::Import if data.len() != crate::cipher::KEY_LEN => {
+                Err(Error::Kms(format!(
+                    "{} answered {} bytes; a key is 32 bytes",
+                    operation.name(),
+                    data.len()
+                )))
+            }
             Operation::Wrap if data.is_empty() || data.len() > MAX_WRAPPED_LEN => {
                 Err(Error::Kms(format!(
                     "wrap answered {} bytes; expected 1 to {MAX_WRAPPED_LEN}",

@@ -1,0 +1,223 @@
+//! Blind indexes: a keyed HMAC-SHA-256 of a normalized field value, stored beside the
+//! ciphertext so that equality lookups, IN lists, joins and UNIQUE constraints work on
+//! encrypted columns without decrypting them (docs/BLIND_INDEX.md).
+//!
+//! Output (blind index format 1): the 4-byte big-endian key id of the HMAC key version,
+//! then the first `length` bytes of
+//!
+//! ```text
+//! HMAC-SHA-256(key, "pg_dscsa blind index 1" || 0x00 || kind byte || normalized value)
+//! ```
+//!
+//! The key id prefix lets a column hold values of two key versions while the blind-index
+//! key is rotated: a lookup asks for the value under every loaded version. The field kind
+//! is part of the input so that a serial and a lot with the same characters do not share
+//! an index value. HMAC is the RustCrypto `hmac` crate; nothing here is hand-rolled.
+
+use std::borrow::Cow;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use crate::cipher::KEY_LEN;
+use crate::envelope::FieldKind;
+use crate::error::{Error, Result};
+
+const DOMAIN: &[u8] = b"pg_dscsa blind index 1\0";
+/// Shortest truncation allowed: 8 bytes (64 bits). See docs/BLIND_INDEX.md for choosing.
+pub const MIN_LENGTH: usize = 8;
+/// Longest: the whole SHA-256 output.
+pub const MAX_LENGTH: usize = 32;
+pub const DEFAULT_LENGTH: usize = 16;
+/// Bytes of key id before the MAC.
+pub const PREFIX_LEN: usize = 4;
+
+/// One version of a blind-index key. The raw key is zeroized on drop; the HMAC state
+/// derived from it lives only for the duration of one `compute` call.
+pub struct BlindIndexKey {
+    key: Zeroizing<[u8; KEY_LEN]>,
+    length: usize,
+}
+
+impl std::fmt::Debug for BlindIndexKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BlindIndexKey(<redacted>, length {})", self.length)
+    }
+}
+
+pub fn check_length(length: usize) -> Result<()> {
+    if !(MIN_LENGTH..=MAX_LENGTH).contains(&length) {
+        return Err(Error::InvalidArgument(format!(
+            "blind index length must be {MIN_LENGTH} to {MAX_LENGTH} bytes"
+        )));
+    }
+    Ok(())
+}
+
+impl BlindIndexKey {
+    pub fn from_bytes(bytes: &[u8], length: usize) -> Result<Self> {
+        check_length(length)?;
+        let key: [u8; KEY_LEN] = bytes
+            .try_into()
+            .map_err(|_| Error::BadKeyLength(bytes.len()))?;
+        Ok(BlindIndexKey {
+            key: Zeroizing::new(key),
+            length,
+        })
+    }
+
+    pub fn length(&self) -> usize {
+        self.length
+    }
+
+    /// The blind index of `value` (already normalized by the caller or not: this
+    /// normalizes it) under this key version.
+    pub fn compute(&self, key_id: u32, kind: FieldKind, value: &str) -> Vec<u8> {
+        let normalized = normalize(kind, value);
+        // new_from_slice accepts any key length for HMAC; 32 bytes never fails.
+        let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(&self.key[..]) {
+            Ok(m) => m,
+            Err(_) => unreachable!("HMAC accepts keys of any length"),
+        };
+        mac.update(DOMAIN);
+        mac.update(&[kind as u8]);
+        mac.update(normalized.as_bytes());
+        let tag = mac.finalize().into_bytes();
+        let mut out = Vec::with_capacity(PREFIX_LEN + self.length);
+        out.extend_from_slice(&key_id.to_be_bytes());
+        out.extend_from_slice(&tag[..self.length]);
+        out
+    }
+}
+
+/// The key id a blind index value was computed under.
+pub fn key_id_of(index: &[u8]) -> Option<u32> {
+    let prefix: [u8; PREFIX_LEN] = index.get(..PREFIX_LEN)?.try_into().ok()?;
+    Some(u32::from_be_bytes(prefix))
+}
+
+/// Normalization before hashing, so that equal identifiers written differently match:
+/// - every kind: surrounding ASCII whitespace is removed (no GS1 character set allows it);
+/// - gtin: an all-digit GTIN-8, -12 or -13 is left-padded with zeros to GTIN-14 (GS1's
+///   own rule for comparing GTINs);
+/// - expiry: an ISO date `YYYY-MM-DD` becomes GS1 `YYMMDD` (the form VRS requests use).
+///
+/// Serial numbers and lots stay case-sensitive: GS1 AI (21) and (10) are.
+pub fn normalize(kind: FieldKind, value: &str) -> Cow<'_, str> {
+    let trimmed = value.trim_matches(|c: char| c.is_ascii_whitespace());
+    match kind {
+        FieldKind::Gtin
+            if matches!(trimmed.len(), 8 | 12 | 13)
+                && trimmed.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            Cow::Owned(format!("{trimmed:0>14}"))
+        }
+        FieldKind::Expiry if is_iso_date(trimmed) => Cow::Owned(format!(
+            "{}{}{}",
+            &trimmed[2..4],
+            &trimmed[5..7],
+            &trimmed[8..10]
+        )),
+        _ => Cow::Borrowed(trimmed),
+    }
+}
+
+fn is_iso_date(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(byte: u8, length: usize) -> BlindIndexKey {
+        BlindIndexKey::from_bytes(&[byte; 32], length).expect("key")
+    }
+
+    #[test]
+    fn deterministic_prefixed_and_truncated() {
+        let k = key(1, 16);
+        let a = k.compute(7, FieldKind::Serial, "ABC123");
+        assert_eq!(a.len(), 20);
+        assert_eq!(key_id_of(&a), Some(7));
+        assert_eq!(a, k.compute(7, FieldKind::Serial, "ABC123"));
+        assert_ne!(a, k.compute(7, FieldKind::Serial, "ABC124"));
+        assert_ne!(a, k.compute(7, FieldKind::Lot, "ABC123"), "kind separates");
+        assert_ne!(
+            a[4..],
+            key(2, 16).compute(7, FieldKind::Serial, "ABC123")[4..]
+        );
+        assert_ne!(a, k.compute(8, FieldKind::Serial, "ABC123"));
+        assert_eq!(key(1, 8).compute(7, FieldKind::Serial, "x").len(), 12);
+        assert_eq!(
+            key(1, 8).compute(7, FieldKind::Serial, "x")[4..],
+            key(1, 32).compute(7, FieldKind::Serial, "x")[4..12],
+            "truncation is a prefix of the full MAC"
+        );
+    }
+
+    #[test]
+    fn matches_rfc_hmac_definition() {
+        // Independent check with the generic HMAC construction from sha2 alone
+        // (RFC 2104): H((K ^ opad) || H((K ^ ipad) || m)).
+        use sha2::Digest;
+        let k = [9u8; 32];
+        let mut msg = DOMAIN.to_vec();
+        msg.push(FieldKind::Serial as u8);
+        msg.extend_from_slice(b"S1");
+        let mut ipad = [0x36u8; 64];
+        let mut opad = [0x5cu8; 64];
+        for i in 0..32 {
+            ipad[i] ^= k[i];
+            opad[i] ^= k[i];
+        }
+        let inner = Sha256::new()
+            .chain_update(ipad)
+            .chain_update(&msg)
+            .finalize();
+        let outer = Sha256::new()
+            .chain_update(opad)
+            .chain_update(inner)
+            .finalize();
+        let ours = key(9, 32).compute(1, FieldKind::Serial, "S1");
+        assert_eq!(&ours[4..], &outer[..]);
+    }
+
+    #[test]
+    fn normalization() {
+        assert_eq!(
+            normalize(FieldKind::Gtin, " 0361414123452 "),
+            "00361414123452"
+        );
+        assert_eq!(normalize(FieldKind::Gtin, "12345670"), "00000012345670");
+        assert_eq!(
+            normalize(FieldKind::Gtin, "00361414123452"),
+            "00361414123452"
+        );
+        assert_eq!(normalize(FieldKind::Gtin, "ABC"), "ABC");
+        assert_eq!(normalize(FieldKind::Expiry, "2027-03-31"), "270331");
+        assert_eq!(normalize(FieldKind::Expiry, "270331"), "270331");
+        assert_eq!(normalize(FieldKind::Serial, " abc "), "abc");
+        assert_eq!(normalize(FieldKind::Serial, "ABC"), "ABC");
+        let k = key(3, 16);
+        assert_eq!(
+            k.compute(1, FieldKind::Gtin, "361414123452"),
+            k.compute(1, FieldKind::Gtin, "00361414123452")
+        );
+    }
+
+    #[test]
+    fn lengths_are_checked() {
+        assert!(BlindIndexKey::from_bytes(&[0; 32], 7).is_err());
+        assert!(BlindIndexKey::from_bytes(&[0; 32], 33).is_err());
+        assert!(BlindIndexKey::from_bytes(&[0; 31], 16).is_err());
+        assert_eq!(key_id_of(&[0, 0, 1]), None);
+    }
+}

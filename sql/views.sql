@@ -1,0 +1,253 @@
+-- pg_dscsa: what sits on top of protected columns: the generated plaintext view, the
+-- blind-index key rotation, and the auditor's verification report (docs/PROTECT.md).
+
+-- Creates or regenerates a view presenting the table with its protected columns
+-- decrypted (original names, types and column order; blind-index columns hidden).
+-- It is security_invoker, so the caller's grants and the table's row-level security
+-- apply; INSTEAD OF triggers encrypt on INSERT and UPDATE and delete by primary key.
+-- Regenerating keeps the view's owner, grants and comment, and checks afterwards that
+-- security_invoker is still set.
+CREATE FUNCTION dscsa.create_view(tbl regclass, view_name name DEFAULT NULL)
+    RETURNS regclass
+    LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+AS $$
+DECLARE
+    nsp name;
+    rel name;
+    v text;
+    fn text;
+    qualified_tbl text;
+    sel text;
+    ins_cols text;
+    ins_vals text;
+    upd text;
+    pk_cond text;
+    old_acl aclitem[];
+    old_owner oid;
+    old_comment text;
+    existing oid;
+    g record;
+    c record;
+    result regclass;
+BEGIN
+    SELECT n.nspname, cl.relname INTO nsp, rel
+      FROM pg_catalog.pg_class cl JOIN pg_catalog.pg_namespace n ON n.oid = cl.relnamespace WHERE cl.oid = tbl;
+    IF NOT EXISTS (SELECT 1 FROM dscsa.protected_columns p WHERE p.relid = tbl AND p.state = 'protected') THEN
+        RAISE EXCEPTION '% has no protected column', tbl USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    view_name := coalesce(view_name, pg_catalog.left(rel || '_plain', 63));
+    v := pg_catalog.format('%I.%I', nsp, view_name);
+    -- The trigger function runs with a pinned search_path: name the table in full.
+    qualified_tbl := pg_catalog.format('%I.%I', nsp, rel);
+    fn := pg_catalog.format('%I.%I', nsp, pg_catalog.left(view_name || '_dscsa_write', 63));
+
+    -- One row per visible column, in the table's original column order.
+    sel := ''; ins_cols := ''; ins_vals := ''; upd := '';
+    FOR c IN
+        SELECT a.attname, a.atttypid::regtype AS typ, p.kind, p.context, p.original_type,
+               pg_catalog.pg_get_expr(d.adbin, d.adrelid) AS default_expr
+          FROM pg_catalog.pg_attribute a
+          LEFT JOIN dscsa.protected_columns p ON p.relid = tbl AND p.column_name = a.attname AND p.state = 'protected'
+          LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = tbl AND d.adnum = a.attnum
+         WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped
+           AND a.attname NOT IN (SELECT q.blind_index_column FROM dscsa.protected_columns q
+                                  WHERE q.relid = tbl AND q.blind_index_column IS NOT NULL)
+           AND a.attgenerated = ''
+         ORDER BY coalesce(p.original_attnum, a.attnum), a.attnum
+    LOOP
+        IF sel <> '' THEN
+            sel := sel || ', '; ins_cols := ins_cols || ', '; ins_vals := ins_vals || ', '; upd := upd || ', ';
+        END IF;
+        ins_cols := ins_cols || pg_catalog.quote_ident(c.attname);
+        IF c.kind IS NULL THEN
+            sel := sel || pg_catalog.format('t.%I', c.attname);
+            ins_vals := ins_vals || pg_catalog.format('NEW.%I', c.attname);
+            upd := upd || pg_catalog.format('%1$I = NEW.%1$I', c.attname);
+        ELSE
+            sel := sel || pg_catalog.format('dscsa.dscsa_decrypt(t.%1$I, %2$L)::%3$s AS %1$I', c.attname, c.context, c.original_type);
+            ins_vals := ins_vals || pg_catalog.format('%s(%s, %L)', dscsa._encrypt_function(c.kind),
+                dscsa._plaintext_expr(c.attname, c.original_type::regtype, 'NEW.'), c.context);
+            -- An UPDATE that does not change the plaintext keeps the stored ciphertext.
+            upd := upd || pg_catalog.format('%1$I = CASE WHEN NEW.%1$I IS NOT DISTINCT FROM OLD.%1$I THEN t.%1$I ELSE %2$s(%3$s, %4$L) END',
+                c.attname, dscsa._encrypt_function(c.kind),
+                dscsa._plaintext_expr(c.attname, c.original_type::regtype, 'NEW.'), c.context);
+        END IF;
+    END LOOP;
+    SELECT string_agg(pg_catalog.format('t.%1$I = OLD.%1$I', a.attname), ' AND ')
+      INTO pk_cond
+      FROM pg_catalog.pg_index i
+      JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+     WHERE i.indrelid = tbl AND i.indisprimary;
+
+    -- Keep what a regeneration must not lose.
+    SELECT cl.oid, cl.relacl, cl.relowner, pg_catalog.obj_description(cl.oid, 'pg_class')
+      INTO existing, old_acl, old_owner, old_comment
+      FROM pg_catalog.pg_class cl JOIN pg_catalog.pg_namespace n ON n.oid = cl.relnamespace
+     WHERE n.nspname = nsp AND cl.relname = view_name;
+    IF existing IS NOT NULL THEN
+        IF (SELECT relkind FROM pg_catalog.pg_class WHERE oid = existing) <> 'v' THEN
+            RAISE EXCEPTION '% exists and is not a view', v USING ERRCODE = 'wrong_object_type';
+        END IF;
+        -- Fails (and changes nothing) if other views depend on it.
+        EXECUTE pg_catalog.format('DROP VIEW %s', v);
+    END IF;
+    EXECUTE pg_catalog.format('CREATE VIEW %s WITH (security_invoker = true) AS SELECT %s FROM %s t', v, sel, tbl);
+    -- Column defaults of the table, so that INSERT ... RETURNING through the view sees them.
+    FOR c IN
+        SELECT a.attname, pg_catalog.pg_get_expr(d.adbin, d.adrelid) AS default_expr
+          FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_attrdef d ON d.adrelid = tbl AND d.adnum = a.attnum
+         WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+    LOOP
+        EXECUTE pg_catalog.format('ALTER VIEW %s ALTER COLUMN %I SET DEFAULT %s', v, c.attname, c.default_expr);
+    END LOOP;
+    IF pk_cond IS NOT NULL THEN
+        EXECUTE pg_catalog.format($f$
+            CREATE OR REPLACE FUNCTION %1$s() RETURNS trigger
+                LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+            AS $body$
+            BEGIN
+                IF TG_OP = 'INSERT' THEN
+                    INSERT INTO %2$s (%3$s) VALUES (%4$s);
+                    RETURN NEW;
+                ELSIF TG_OP = 'UPDATE' THEN
+                    UPDATE %2$s t SET %5$s WHERE %6$s;
+                    IF NOT FOUND THEN RETURN NULL; END IF;
+                    RETURN NEW;
+                ELSE
+                    DELETE FROM %2$s t WHERE %6$s;
+                    IF NOT FOUND THEN RETURN NULL; END IF;
+                    RETURN OLD;
+                END IF;
+            END
+            $body$ $f$, fn, qualified_tbl, ins_cols, ins_vals, upd, pk_cond);
+        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s() FROM PUBLIC', fn);
+        EXECUTE pg_catalog.format('CREATE TRIGGER dscsa_write INSTEAD OF INSERT OR UPDATE OR DELETE ON %s
+                                   FOR EACH ROW EXECUTE FUNCTION %s()', v, fn);
+    ELSE
+        RAISE NOTICE '% has no primary key: the view % is read-only', tbl, v;
+    END IF;
+    result := v::regclass;
+    IF existing IS NOT NULL THEN
+        EXECUTE pg_catalog.format('ALTER VIEW %s OWNER TO %I', v, (SELECT rolname FROM pg_catalog.pg_roles WHERE oid = old_owner));
+        EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM PUBLIC', v);
+        FOR g IN SELECT * FROM pg_catalog.aclexplode(old_acl) LOOP
+            CONTINUE WHEN g.grantee = old_owner;
+            EXECUTE pg_catalog.format('GRANT %s ON %s TO %s%s', g.privilege_type, v,
+                CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident((SELECT rolname FROM pg_catalog.pg_roles WHERE oid = g.grantee)) END,
+                CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+        END LOOP;
+        IF old_comment IS NOT NULL THEN
+            EXECUTE pg_catalog.format('COMMENT ON VIEW %s IS %L', v, old_comment);
+        END IF;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = result AND 'security_invoker=true' = ANY (reloptions)) THEN
+        RAISE EXCEPTION 'view % lost security_invoker', v USING ERRCODE = 'internal_error';
+    END IF;
+    UPDATE dscsa.protected_columns p SET view_name = result WHERE p.relid = tbl;
+    RETURN result;
+END
+$$;
+COMMENT ON FUNCTION dscsa.create_view(regclass, name) IS
+    'Creates or regenerates the security_invoker view of a protected table (decrypted columns, writable through INSTEAD OF triggers); keeps grants, owner and comment.';
+
+-- Blind-index key rotation: after dscsa.rotate_key(<blind-index key>), recomputes the
+-- blind indexes still under older versions, in committed batches. Lookups written with
+-- dscsa.blind_index_candidates() find rows under either version throughout.
+CREATE PROCEDURE dscsa.reindex_blind(tbl regclass, col name, batch_size integer DEFAULT 5000)
+    LANGUAGE plpgsql
+AS $$
+DECLARE
+    r dscsa.protected_columns;
+    active_prefix bytea;
+    stmt text;
+    n bigint;
+    done bigint := 0;
+    total bigint;
+    remaining bigint;
+    waits integer := 0;
+    started timestamptz := pg_catalog.clock_timestamp();
+BEGIN
+    SELECT * INTO r FROM dscsa.protected_columns p WHERE p.relid = tbl AND p.column_name = col AND p.state = 'protected';
+    IF NOT FOUND OR r.blind_index_column IS NULL THEN
+        RAISE EXCEPTION '%.% is not a protected column with a blind index', tbl, col
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    active_prefix := pg_catalog.int4send(dscsa._active_key_id(r.blind_index_key));
+    EXECUTE pg_catalog.format('SELECT count(*) FROM %s WHERE %I IS NOT NULL AND pg_catalog.substr(%I, 1, 4) <> $1',
+        tbl, r.blind_index_column, r.blind_index_column) INTO total USING active_prefix;
+    -- Setting the index to NULL makes the blind-index trigger recompute it under the
+    -- active version from the decrypted value.
+    stmt := pg_catalog.format(
+        'WITH batch AS (SELECT ctid FROM %1$s WHERE %2$I IS NOT NULL AND pg_catalog.substr(%2$I, 1, 4) <> $1
+                         LIMIT $2 FOR UPDATE SKIP LOCKED)
+         UPDATE %1$s t SET %2$I = NULL FROM batch WHERE t.ctid = batch.ctid',
+        tbl, r.blind_index_column);
+    LOOP
+        EXECUTE stmt USING active_prefix, batch_size;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        IF n = 0 THEN
+            EXECUTE pg_catalog.format('SELECT count(*) FROM %s WHERE %I IS NOT NULL AND pg_catalog.substr(%I, 1, 4) <> $1',
+                tbl, r.blind_index_column, r.blind_index_column) INTO remaining USING active_prefix;
+            EXIT WHEN remaining = 0;
+            waits := waits + 1;
+            IF waits > 600 THEN
+                RAISE WARNING '% rows of %.% are still locked by other transactions; call dscsa.reindex_blind again', remaining, tbl, col;
+                EXIT;
+            END IF;
+            PERFORM pg_catalog.pg_sleep(0.1);
+            CONTINUE;
+        END IF;
+        done := done + n;
+        COMMIT;
+        RAISE NOTICE 'dscsa.reindex_blind %.%: % of % rows (% %%), % rows/s', tbl, col, done, total,
+            CASE WHEN total > 0 THEN round(100.0 * least(done, total) / total, 1) ELSE 100 END,
+            round(done / greatest(extract(epoch FROM pg_catalog.clock_timestamp() - started), 0.001));
+    END LOOP;
+END
+$$;
+
+-- The auditor's report on one encrypted column, without revealing any plaintext: one
+-- row per key version (rows, how many authenticate, which fail, by primary key) and
+-- one row (key_id NULL) counting NULLs. Every value is checked with its GCM tag, so the
+-- caller needs the keys loaded (a version that cannot be loaded is an error, not a
+-- "failed" row). With no primary key, failing rows are identified by ctid.
+CREATE FUNCTION dscsa.verify_column(tbl regclass, col name, context text DEFAULT NULL)
+    RETURNS TABLE (key_id integer, key_name text, key_version integer, key_status text,
+                   rows bigint, authenticated bigint, failed bigint, failed_rows jsonb)
+    LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+AS $$
+DECLARE
+    ctx text := coalesce(context, (SELECT p.context FROM dscsa.protected_columns p
+                                    WHERE p.relid = tbl AND p.column_name = col), '');
+    pk text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+                    WHERE a.attrelid = tbl AND a.attname = col AND NOT a.attisdropped
+                      AND (t.oid = 'dscsa.encrypted'::regtype OR t.typbasetype = 'dscsa.encrypted'::regtype)) THEN
+        RAISE EXCEPTION 'column %.% is not an encrypted column', tbl, col USING ERRCODE = 'wrong_object_type';
+    END IF;
+    SELECT 'pg_catalog.jsonb_build_object(' || string_agg(pg_catalog.format('%L, x.%I', a.attname, a.attname), ', ') || ')'
+      INTO pk
+      FROM pg_catalog.pg_index i
+      JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+     WHERE i.indrelid = tbl AND i.indisprimary;
+    pk := coalesce(pk, 'pg_catalog.jsonb_build_object(''ctid'', x.ctid::text)');
+    RETURN QUERY EXECUTE pg_catalog.format(
+        'WITH checked AS (
+             SELECT CASE WHEN v.verdict = ''malformed'' THEN NULL ELSE dscsa.envelope_key_id(x.%1$I)::integer END AS kid,
+                    v.verdict, %2$s AS pk
+               FROM %3$s x, LATERAL (SELECT dscsa.authenticate(x.%1$I, $1) AS verdict) v
+              WHERE x.%1$I IS NOT NULL)
+         SELECT c.kid, m.key_name, m.version, coalesce(m.status, CASE WHEN c.kid IS NULL THEN ''malformed'' ELSE ''unknown key id'' END),
+                count(*), count(*) FILTER (WHERE c.verdict = ''ok''), count(*) FILTER (WHERE c.verdict <> ''ok''),
+                coalesce(pg_catalog.jsonb_agg(c.pk) FILTER (WHERE c.verdict <> ''ok''), ''[]''::jsonb)
+           FROM checked c LEFT JOIN LATERAL dscsa._key_meta(c.kid) m ON true
+          GROUP BY c.kid, m.key_name, m.version, m.status
+         UNION ALL
+         SELECT NULL, NULL, NULL, ''null'', count(*), NULL, NULL, NULL FROM %3$s x WHERE x.%1$I IS NULL
+         ORDER BY 1 NULLS LAST',
+        col, pk, tbl) USING ctx;
+END
+$$;
+COMMENT ON FUNCTION dscsa.verify_column(regclass, name, text) IS
+    'Auditor''s report for an encrypted column: rows per key version, GCM-authenticated rows, failing rows by primary key, NULLs. Reveals no plaintext.';

@@ -1,0 +1,49 @@
+//! SQL functions over blind-index keys (docs/BLIND_INDEX.md): the index value of a
+//! plaintext under the active key version, and under every loaded version (for lookups
+//! that must keep working while the blind-index key is rotated).
+
+use dscsa_core::envelope::FieldKind;
+use dscsa_core::Error;
+use pgrx::prelude::*;
+
+use crate::error::{raise, OrRaise};
+use crate::keys;
+
+fn kind(name: &str) -> FieldKind {
+    FieldKind::from_name(name).unwrap_or_else(|| {
+        raise(Error::InvalidArgument(
+            "kind must be one of generic, gtin, serial, lot, expiry".into(),
+        ))
+    })
+}
+
+/// Blind index of `value` under the active version of `key_name`.
+#[pg_extern(sql = false)]
+fn blind_index(value: &str, key_name: &str, kind_name: &str) -> Vec<u8> {
+    let kind = kind(kind_name);
+    crate::crypto::follow_rotation(key_name.as_bytes());
+    keys::with_active_blind_key(key_name.as_bytes(), |id, key| key.compute(id, kind, value))
+        .or_raise()
+}
+
+/// Blind indexes of `value` under every loaded version of `key_name`, active first:
+/// `WHERE col_bidx = ANY (dscsa.blind_index_candidates(...))` finds rows whichever
+/// version indexed them, and still uses a btree index on the column.
+#[pg_extern(sql = false)]
+fn blind_index_candidates(value: &str, key_name: &str, kind_name: &str) -> Vec<Vec<u8>> {
+    let kind = kind(kind_name);
+    crate::crypto::follow_rotation(key_name.as_bytes());
+    let mut out = Vec::new();
+    keys::for_each_blind_key(key_name.as_bytes(), |id, key| {
+        out.push(key.compute(id, kind, value))
+    })
+    .or_raise();
+    out
+}
+
+/// The normalized form the blind index hashes (for tests and for comparing a request
+/// with a decrypted value the same way the index does).
+#[pg_extern(sql = false)]
+fn normalize_identifier(value: &str, kind_name: &str) -> String {
+    dscsa_core::blind::normalize(kind(kind_name), value).into_owned()
+}
