@@ -187,9 +187,9 @@ CREATE FUNCTION dscsa._rewrap_key(key_id integer, key_name text, version integer
     RETURNS TABLE (wrapped_key bytea, kek_ref text, key_check bytea)
     VOLATILE STRICT PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'rewrap_key_wrapper';
 
-CREATE FUNCTION dscsa.rotate_kek(new_kek text DEFAULT 'dev')
+CREATE FUNCTION dscsa.rotate_kek(new_kek text DEFAULT 'dev', from_kek_ref text DEFAULT NULL)
     RETURNS integer
-    LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
+    LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -198,7 +198,12 @@ DECLARE
     n integer := 0;
 BEGIN
     LOCK TABLE dscsa.keyring IN SHARE ROW EXCLUSIVE MODE;
-    FOR k IN SELECT * FROM dscsa.keyring WHERE status <> 'retired' ORDER BY key_id LOOP
+    IF new_kek IS NULL THEN
+        RAISE EXCEPTION 'new_kek must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    FOR k IN SELECT * FROM dscsa.keyring
+              WHERE status <> 'retired' AND (from_kek_ref IS NULL OR keyring.kek_ref = from_kek_ref)
+              ORDER BY key_id LOOP
         SELECT * INTO STRICT w
           FROM dscsa._rewrap_key(k.key_id, k.key_name, k.version, k.kek_ref, k.wrapped_key, k.key_check, new_kek);
         IF w.key_check <> k.key_check THEN
@@ -212,8 +217,8 @@ BEGIN
     RETURN n;
 END
 $$;
-COMMENT ON FUNCTION dscsa.rotate_kek(text) IS
-    'Re-wraps every non-retired keyring entry under new_kek through the KMS hook; no data is rewritten. Returns the number of entries.';
+COMMENT ON FUNCTION dscsa.rotate_kek(text, text) IS
+    'Re-wraps every non-retired keyring entry (or those under from_kek_ref) under new_kek through the KMS hook; no data is rewritten. Returns the number of entries.';
 
 -- Metadata of a key id for reports (never key material).
 CREATE FUNCTION dscsa._key_meta(key_id integer)
@@ -290,6 +295,25 @@ BEGIN
             col.rel, col.attname, col.attname, col.rel, col.attname)
         USING key_usage.key_name;
     END LOOP;
+    -- Blind-index columns of protected columns: the key id is the first 4 bytes.
+    IF pg_catalog.to_regclass('dscsa.protected_columns') IS NOT NULL THEN
+        FOR col IN
+            SELECT p.relid AS rel, p.blind_index_column AS attname
+              FROM dscsa.protected_columns p
+             WHERE p.blind_index_key = key_usage.key_name
+             ORDER BY 1, 2
+        LOOP
+            RETURN QUERY EXECUTE pg_catalog.format(
+                'SELECT k.key_id, k.version, k.status, %L::regclass, %L::name, u.n
+                   FROM (SELECT (''x'' || pg_catalog.encode(pg_catalog.substr(%I, 1, 4), ''hex''))::bit(32)::integer AS id,
+                                count(*) AS n
+                           FROM %s WHERE %I IS NOT NULL GROUP BY 1) u
+                   JOIN dscsa.keyring k ON k.key_id = u.id
+                  WHERE k.key_name = $1',
+                col.rel, col.attname, col.attname, col.rel, col.attname)
+            USING key_usage.key_name;
+        END LOOP;
+    END IF;
 END
 $$;
 COMMENT ON FUNCTION dscsa.key_usage(text) IS

@@ -134,3 +134,51 @@ impl ToSql for Envelope {
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// products (50) -> lots (1,000) -> units (`units`), with the plaintext identifiers
+/// saved in `saved_units` / `saved_lots` for comparison, and blind-index key `bk`.
+pub fn erp_db(tag: &str, units: i64) -> (String, Client) {
+    let (db, mut c) = fresh_db(tag);
+    c.batch_execute(&format!(
+        "SELECT dscsa.create_blind_index_key('bk');
+         SELECT dscsa.load_key('bk');
+         CREATE TABLE product (id int PRIMARY KEY, gtin text NOT NULL UNIQUE, name text NOT NULL);
+         CREATE TABLE lot (id int PRIMARY KEY, product_id int NOT NULL REFERENCES product,
+                           lot_number varchar(20) NOT NULL, expiry date NOT NULL);
+         CREATE INDEX lot_product_idx ON lot (product_id);
+         CREATE TABLE unit (id bigint PRIMARY KEY, lot_id int NOT NULL REFERENCES lot,
+                            serial text NOT NULL CONSTRAINT unit_serial_key UNIQUE,
+                            status text NOT NULL DEFAULT 'commissioned', note text);
+         CREATE INDEX unit_lot_idx ON unit (lot_id);
+         INSERT INTO product SELECT p, lpad((30001012345 + p)::text, 14, '0'), 'Product ' || p
+           FROM generate_series(1, 50) p;
+         INSERT INTO lot SELECT l, 1 + l % 50, 'L' || to_char(l, 'FM00000'), date '2027-01-31' + (l % 400)
+           FROM generate_series(1, 1000) l;
+         INSERT INTO unit SELECT u, 1 + u % 1000, 'SN' || md5(u::text)::varchar(16),
+                                 'commissioned', CASE WHEN u % 7 = 0 THEN NULL ELSE 'note ' || u END
+           FROM generate_series(1, {units}) u;
+         ANALYZE product, lot, unit;
+         CREATE TABLE saved_units AS SELECT id, serial, note FROM unit;
+         CREATE TABLE saved_lots AS SELECT id, lot_number, expiry FROM lot;"
+    ))
+    .expect("ERP schema");
+    (db, c)
+}
+
+pub fn count(c: &mut Client, sql: &str) -> i64 {
+    c.query_one(sql, &[])
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
+/// A session of `user` with search_path and dscsa.key_name = 'k' set and `keys` loaded.
+pub fn session_with_keys(db: &str, user: &str, keys: &[&str]) -> Client {
+    let mut c = connect(db, user);
+    c.batch_execute("SET search_path = public, dscsa; SET dscsa.key_name = 'k';")
+        .expect("session settings");
+    for k in keys {
+        c.execute("SELECT dscsa.load_key($1)", &[k])
+            .unwrap_or_else(|e| panic!("load {k} as {user}: {e}"));
+    }
+    c
+}

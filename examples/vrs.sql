@@ -1,0 +1,83 @@
+-- Worked example: a VRS (Verification Router Service) responder over encrypted
+-- product identifiers (docs/PROTECT.md, "VRS lookups").
+--
+-- A verification request carries GTIN, serial, lot and expiry (YYMMDD). The answer is
+-- verified true/false and, when false, the GS1 verificationFailureReason. The lookup
+-- goes through the blind index of the serial number (an index scan), confirms the
+-- canonical (GTIN-14, serial) pair by decrypting the candidate's GTIN and serial, and
+-- only then decrypts lot and expiry of that one row to choose the reason.
+--
+-- Prerequisites: the pg_dscsa extension, a data key named by dscsa.key_name, and a
+-- blind-index key 'vrs_bidx'. Run as a role with dscsa_admin and dscsa_writer:
+--   \i examples/vrs.sql
+--   INSERT INTO vrs.product_units (gtin, serial, lot, expiry) VALUES (...);   -- plaintext
+--   CALL vrs.protect();                                                          -- encrypt
+--   SELECT * FROM vrs.verify('00300010123455', 'SN123', 'A123', '260331');
+
+CREATE SCHEMA IF NOT EXISTS vrs;
+
+CREATE TABLE IF NOT EXISTS vrs.product_units (
+    id       bigserial PRIMARY KEY,
+    gtin     text NOT NULL,
+    serial   text NOT NULL,
+    lot      text NOT NULL,
+    expiry   date NOT NULL,
+    status   text NOT NULL DEFAULT 'active'
+);
+
+-- Encrypts the four identifier columns (in place: the example table is loaded first).
+CREATE OR REPLACE PROCEDURE vrs.protect(mode text DEFAULT 'in_place')
+    LANGUAGE plpgsql
+AS $$
+BEGIN
+    CALL dscsa.protect_column('vrs.product_units', 'gtin', kind => 'gtin', mode => mode);
+    CALL dscsa.protect_column('vrs.product_units', 'serial', kind => 'serial', mode => mode,
+                              blind_index_key => 'vrs_bidx');
+    CALL dscsa.protect_column('vrs.product_units', 'lot', kind => 'lot', mode => mode);
+    CALL dscsa.protect_column('vrs.product_units', 'expiry', kind => 'expiry', mode => mode);
+END
+$$;
+
+-- Whether a stored expiry (ISO date) matches a requested GS1 YYMMDD, where day 00
+-- means the last day of the month.
+CREATE OR REPLACE FUNCTION vrs.expiry_matches(stored text, requested text) RETURNS boolean
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $$
+    SELECT CASE
+        WHEN dscsa.normalize_identifier(requested, 'expiry') ~ '^[0-9]{4}00$'
+        THEN dscsa.normalize_identifier(stored, 'expiry') LIKE substr(dscsa.normalize_identifier(requested, 'expiry'), 1, 4) || '__'
+             AND stored::date = (date_trunc('month', stored::date) + interval '1 month - 1 day')::date
+        ELSE dscsa.normalize_identifier(stored, 'expiry') = dscsa.normalize_identifier(requested, 'expiry')
+    END
+$$;
+
+CREATE OR REPLACE FUNCTION vrs.verify(gtin text, serial text, lot text, expiry text)
+    RETURNS TABLE (verified boolean, verification_failure_reason text)
+    LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
+AS $$
+DECLARE
+    unit record;
+    lot_ok boolean;
+    expiry_ok boolean;
+BEGIN
+    SELECT u.lot, u.expiry INTO unit
+      FROM vrs.product_units u
+     WHERE u.serial_bidx = ANY (dscsa.blind_index_candidates(verify.serial, 'vrs_bidx', 'serial'))
+       -- The blind index is truncated: confirm the pair on the decrypted values.
+       AND dscsa.dscsa_decrypt(u.serial) = dscsa.normalize_identifier(verify.serial, 'serial')
+       AND dscsa.normalize_identifier(dscsa.dscsa_decrypt(u.gtin), 'gtin')
+           = dscsa.normalize_identifier(verify.gtin, 'gtin')
+     LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT false, 'No_match_GTIN_Serial';
+        RETURN;
+    END IF;
+    lot_ok := dscsa.dscsa_decrypt(unit.lot) = dscsa.normalize_identifier(verify.lot, 'lot');
+    expiry_ok := vrs.expiry_matches(dscsa.dscsa_decrypt(unit.expiry), verify.expiry);
+    RETURN QUERY SELECT lot_ok AND expiry_ok,
+        CASE WHEN lot_ok AND expiry_ok THEN NULL
+             WHEN NOT lot_ok AND NOT expiry_ok THEN 'No_match_GTIN_Serial_Lot_Expiry'
+             WHEN NOT lot_ok THEN 'No_match_GTIN_Serial_Lot'
+             ELSE 'No_match_GTIN_Serial_Expiry' END;
+END
+$$;

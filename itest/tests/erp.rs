@@ -1,0 +1,498 @@
+//! The DBA workflow on a realistic ERP schema (products, lots, serialized units with
+//! foreign keys and indexes): protecting columns online (killed and resumed) and in
+//! place, reverting, refusals, the generated view, blind-index lookups, IN and JOIN.
+//! Every check compares decrypted values row by row with a plaintext copy saved first.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pg_dscsa_itest::{connect, count, erp_db, error_text, session_with_keys, sqlstate};
+use postgres::Client;
+
+/// Every unit decrypts to its saved serial, no unit is missing or extra.
+fn assert_units_match(c: &mut Client) {
+    let mismatched = count(
+        c,
+        "SELECT count(*) FROM unit u FULL JOIN saved_units s USING (id)
+          WHERE u.id IS NULL OR s.id IS NULL OR dscsa_decrypt(u.serial) IS DISTINCT FROM s.serial",
+    );
+    assert_eq!(mismatched, 0, "units differ from the saved copy");
+}
+
+#[test]
+fn online_protection_killed_mid_backfill_resumes_without_losing_a_row() {
+    let (db, mut c) = erp_db("online_kill", 100_000);
+    let blocks: i64 = count(&mut c, "SELECT pg_relation_size('unit') / 8192");
+
+    // Run 1 in its own backend, with an application writing concurrently.
+    let mut runner = session_with_keys(&db, "postgres", &["k", "bk"]);
+    let runner_pid: i32 = runner
+        .query_one("SELECT pg_backend_pid()", &[])
+        .expect("pid")
+        .get(0);
+    let run1 = std::thread::spawn(move || {
+        runner.batch_execute(
+            "CALL dscsa.protect_column('unit', 'serial', kind => 'serial', blind_index_key => 'bk', batch_size => 1000)",
+        )
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (db, stop, writes) = (db.clone(), stop.clone(), writes.clone());
+        std::thread::spawn(move || {
+            // The application keeps writing plaintext; it holds dscsa_writer so that the
+            // sync trigger can load the keys into its session.
+            let mut w = connect(&db, "postgres");
+            let mut i: i64 = 0;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                let mut tx = w.transaction().expect("tx");
+                // A new unit, a changed serial, a deleted unit: mirrored in the saved copy.
+                tx.execute(
+                    "WITH n AS (INSERT INTO unit (id, lot_id, serial) VALUES ($1::bigint, 1, 'NEW' || $1::bigint) RETURNING id, serial, note)
+                     INSERT INTO saved_units SELECT * FROM n",
+                    &[&(1_000_000 + i)],
+                )
+                .expect("insert");
+                let target = 1 + (i * 7919) % 100_000;
+                tx.execute(
+                    "UPDATE unit SET serial = 'CHG' || id WHERE id = $1",
+                    &[&target],
+                )
+                .expect("update");
+                tx.execute(
+                    "UPDATE saved_units SET serial = 'CHG' || id WHERE id = $1",
+                    &[&target],
+                )
+                .expect("update saved");
+                let gone = 1 + (i * 104_729) % 100_000;
+                tx.execute("DELETE FROM unit WHERE id = $1", &[&gone])
+                    .expect("delete");
+                tx.execute("DELETE FROM saved_units WHERE id = $1", &[&gone])
+                    .expect("delete saved");
+                tx.commit().expect("commit");
+                writes.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+
+    // Kill the backend once about a third of the table is backfilled.
+    let mut watcher = connect(&db, "postgres");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let done = watcher
+            .query_opt(
+                "SELECT next_block FROM dscsa.protected_columns WHERE relid = 'unit'::regclass AND column_name = 'serial'",
+                &[],
+            )
+            .expect("progress")
+            .and_then(|r| r.get::<_, Option<i64>>(0))
+            .unwrap_or(0);
+        if done >= blocks / 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "backfill made no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let writes_before_kill = writes.load(Ordering::SeqCst);
+    watcher
+        .execute("SELECT pg_terminate_backend($1)", &[&runner_pid])
+        .expect("terminate");
+    let killed = run1.join().expect("runner thread");
+    assert!(killed.is_err(), "the first run should have been terminated");
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::SeqCst);
+    writer.join().expect("writer");
+    assert!(
+        writes.load(Ordering::SeqCst) > writes_before_kill.max(1) / 2,
+        "the application wrote nothing during the backfill"
+    );
+
+    // Mid-way state: backfilling, and no twin that disagrees with its plaintext.
+    let state: String = c
+        .query_one(
+            "SELECT state FROM dscsa.protected_columns WHERE relid = 'unit'::regclass",
+            &[],
+        )
+        .expect("state")
+        .get(0);
+    assert_eq!(state, "backfilling");
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM unit WHERE serial_dscsa_new IS NOT NULL AND dscsa_decrypt(serial_dscsa_new) <> serial"
+        ),
+        0,
+        "a twin disagrees with its plaintext"
+    );
+    let half_done = count(
+        &mut c,
+        "SELECT count(*) FROM unit WHERE serial_dscsa_new IS NOT NULL",
+    );
+    let total = count(&mut c, "SELECT count(*) FROM unit");
+    assert!(
+        half_done > 0 && half_done < total,
+        "killed run did {half_done} of {total}"
+    );
+    // Options must match to resume.
+    assert_eq!(
+        sqlstate(c.batch_execute(
+            "CALL dscsa.protect_column('unit', 'serial', kind => 'lot', blind_index_key => 'bk')"
+        )),
+        "55000"
+    );
+
+    // Run 2 resumes and cuts over.
+    c.batch_execute(
+        "CALL dscsa.protect_column('unit', 'serial', kind => 'serial', blind_index_key => 'bk', batch_size => 5000)",
+    )
+    .expect("resumed run");
+    assert_units_match(&mut c);
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM unit WHERE dscsa.envelope_kind(serial) <> 'serial'"
+        ),
+        0
+    );
+    let ty: String = c
+        .query_one(
+            "SELECT format_type(atttypid, atttypmod) || '/' || attnotnull FROM pg_attribute
+              WHERE attrelid = 'unit'::regclass AND attname = 'serial'",
+            &[],
+        )
+        .expect("type")
+        .get(0);
+    assert_eq!(ty, "serial_encrypted/true", "search_path includes dscsa");
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM pg_attribute WHERE attrelid = 'unit'::regclass AND attname = 'serial_dscsa_new'"),
+        0
+    );
+    // Rerunning is a no-op.
+    c.batch_execute(
+        "CALL dscsa.protect_column('unit', 'serial', kind => 'serial', blind_index_key => 'bk')",
+    )
+    .expect("idempotent");
+
+    // The UNIQUE constraint was carried over to the blind index, under its own name.
+    let def: String = c
+        .query_one(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'unit_serial_key'",
+            &[],
+        )
+        .expect("constraint")
+        .get(0);
+    assert_eq!(def, "UNIQUE (serial_bidx)");
+    let some_serial: String = c
+        .query_one(
+            "SELECT serial FROM saved_units ORDER BY id LIMIT 1 OFFSET 500",
+            &[],
+        )
+        .expect("serial")
+        .get(0);
+    assert_eq!(
+        sqlstate(c.execute(
+            "INSERT INTO unit (id, lot_id, serial) VALUES (9999999, 1, dscsa_encrypt_serial($1))",
+            &[&some_serial]
+        )),
+        "23505"
+    );
+    // Foreign keys on the table still hold.
+    assert_eq!(
+        sqlstate(c.execute(
+            "INSERT INTO unit (id, lot_id, serial) VALUES (9999998, 424242, dscsa_encrypt_serial('FRESH'))",
+            &[]
+        )),
+        "23503"
+    );
+}
+
+#[test]
+fn in_place_protection_and_its_reverse_keep_every_value() {
+    let (_db, mut c) = erp_db("in_place", 5_000);
+    c.batch_execute(
+        "CALL dscsa.protect_column('lot', 'lot_number', kind => 'lot', mode => 'in_place');
+         CALL dscsa.protect_column('lot', 'expiry', mode => 'in_place');
+         CALL dscsa.protect_column('unit', 'note', mode => 'in_place');",
+    )
+    .expect("protect in place");
+    let mismatched = count(
+        &mut c,
+        "SELECT count(*) FROM lot l FULL JOIN saved_lots s USING (id)
+          WHERE l.id IS NULL OR s.id IS NULL OR dscsa_decrypt(l.lot_number) <> s.lot_number
+             OR dscsa_decrypt(l.expiry) <> to_char(s.expiry, 'YYYY-MM-DD')",
+    );
+    assert_eq!(mismatched, 0);
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM lot WHERE dscsa.envelope_kind(expiry) <> 'expiry'"
+        ),
+        0,
+        "a date column defaults to the expiry kind"
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM unit u JOIN saved_units s USING (id) WHERE dscsa_decrypt(u.note) IS DISTINCT FROM s.note"
+        ),
+        0,
+        "NULLs stay NULL"
+    );
+    // Reverse: back to the original types and values.
+    c.batch_execute(
+        "CALL dscsa.unprotect_column('lot', 'lot_number');
+         CALL dscsa.unprotect_column('lot', 'expiry');",
+    )
+    .expect("unprotect");
+    let types: String = c
+        .query_one(
+            "SELECT string_agg(attname || ':' || format_type(atttypid, atttypmod), ',' ORDER BY attnum)
+               FROM pg_attribute WHERE attrelid = 'lot'::regclass AND attname IN ('lot_number', 'expiry')",
+            &[],
+        )
+        .expect("types")
+        .get(0);
+    assert_eq!(types, "lot_number:character varying(20),expiry:date");
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM lot l JOIN saved_lots s USING (id) WHERE (l.lot_number, l.expiry) <> (s.lot_number, s.expiry)"
+        ),
+        0
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM dscsa.protected_columns WHERE relid = 'lot'::regclass"
+        ),
+        0
+    );
+}
+
+#[test]
+fn protection_is_refused_with_reasons_before_anything_changes() {
+    let (_db, mut c) = erp_db("refuse", 100);
+    c.batch_execute(
+        "CREATE VIEW product_names AS SELECT gtin, name FROM product;
+         CREATE TABLE shipment (id int PRIMARY KEY, gln text DEFAULT '0614141000005', sscc text, CHECK (sscc <> ''));
+         CREATE INDEX shipment_multi ON shipment (sscc, id);",
+    )
+    .expect("setup");
+    let cases = [
+        ("'product', 'gtin'", "product_names"),
+        ("'unit', 'serial'", "needs a blind index"),
+        ("'unit', 'lot_id'", "is of type integer"),
+        ("'shipment', 'gln'", "has a default"),
+        ("'shipment', 'sscc'", "index shipment_multi"),
+        ("'unit', 'nosuch'", "does not exist"),
+    ];
+    for (args, reason) in cases {
+        let err = error_text(c.batch_execute(&format!(
+            "CALL dscsa.protect_column({args}, mode => 'in_place')"
+        )));
+        assert!(err.contains(reason), "{args}: {err}");
+        assert!(err.contains("Nothing was changed"), "{args}: {err}");
+    }
+    assert!(
+        error_text(c.batch_execute("CALL dscsa.protect_column('shipment', 'sscc')"))
+            .contains("shipment_sscc_check")
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM pg_attribute WHERE attrelid IN ('unit'::regclass, 'product'::regclass, 'shipment'::regclass) AND atttypid::regtype::text LIKE 'dscsa.%'"),
+        0,
+        "a refused protection changed a column"
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM dscsa.protected_columns"),
+        0
+    );
+    // A primary key is refused too (row identity stays plaintext).
+    c.batch_execute("CREATE TABLE coded (code text PRIMARY KEY)")
+        .expect("t");
+    assert!(error_text(
+        c.batch_execute("CALL dscsa.protect_column('coded', 'code', blind_index_key => 'bk')")
+    )
+    .contains("primary key"));
+}
+
+#[test]
+fn generated_view_keeps_sql_working_with_grants_and_row_level_security() {
+    let (db, mut c) = erp_db("view", 3_000);
+    c.batch_execute(
+        "CALL dscsa.protect_column('unit', 'serial', kind => 'serial', mode => 'in_place', blind_index_key => 'bk');
+         SELECT dscsa.create_view('unit');
+         DO $$ BEGIN CREATE ROLE itest_app_view LOGIN IN ROLE dscsa_reader, dscsa_writer;
+               EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         GRANT SELECT, INSERT, UPDATE, DELETE ON unit, unit_plain TO itest_app_view;
+         COMMENT ON VIEW unit_plain IS 'units, decrypted';
+         ALTER TABLE unit ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY hide_destroyed ON unit USING (status <> 'destroyed');
+         UPDATE unit SET status = 'destroyed' WHERE id <= 10;",
+    )
+    .expect("setup");
+    let mut app = session_with_keys(&db, "itest_app_view", &["k", "bk"]);
+    // Same SELECT the application used to run against the plaintext table.
+    let serial: String = app
+        .query_one("SELECT serial FROM unit_plain WHERE id = 42", &[])
+        .expect("select")
+        .get(0);
+    let saved: String = c
+        .query_one("SELECT serial FROM saved_units WHERE id = 42", &[])
+        .expect("saved")
+        .get(0);
+    assert_eq!(serial, saved);
+    // Row-level security applies through the view (security_invoker).
+    assert_eq!(
+        count(&mut app, "SELECT count(*) FROM unit_plain WHERE id <= 10"),
+        0
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM unit_plain WHERE id <= 10"),
+        10,
+        "superuser bypasses RLS"
+    );
+    // Writes through the view encrypt; RETURNING sees the plaintext.
+    let back: String = app
+        .query_one(
+            "INSERT INTO unit_plain (id, lot_id, serial) VALUES (500000, 3, 'VIEW-NEW') RETURNING serial",
+            &[],
+        )
+        .expect("insert through view")
+        .get(0);
+    assert_eq!(back, "VIEW-NEW");
+    app.execute(
+        "UPDATE unit_plain SET serial = 'VIEW-CHG', status = 'shipped' WHERE id = 500000",
+        &[],
+    )
+    .expect("update through view");
+    let (kind, plain): (String, String) = {
+        let r = c
+            .query_one("SELECT dscsa.envelope_kind(serial), dscsa_decrypt(serial) FROM unit WHERE id = 500000", &[])
+            .expect("stored");
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((kind.as_str(), plain.as_str()), ("serial", "VIEW-CHG"));
+    // The blind index followed the update: the rewritten lookup finds the new value.
+    assert_eq!(
+        count(&mut app, "SELECT count(*) FROM unit WHERE serial_bidx = ANY (dscsa.blind_index_candidates('VIEW-CHG', 'bk', 'serial'))"),
+        1
+    );
+    // Uniqueness holds through the view.
+    assert_eq!(
+        sqlstate(app.execute(
+            "INSERT INTO unit_plain (id, lot_id, serial) VALUES (500001, 3, 'VIEW-CHG')",
+            &[]
+        )),
+        "23505"
+    );
+    app.execute("DELETE FROM unit_plain WHERE id = 500000", &[])
+        .expect("delete through view");
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM unit WHERE id = 500000"),
+        0
+    );
+    // A role without the grant is refused by the table's own privileges.
+    let mut nobody = connect(&db, "itest_nobody");
+    assert_eq!(
+        sqlstate(nobody.query("SELECT * FROM unit_plain", &[])),
+        "42501"
+    );
+
+    // Regenerating keeps security_invoker, grants and the comment.
+    c.query_one("SELECT dscsa.create_view('unit')", &[])
+        .expect("regenerate");
+    let (opts, acl, comment): (Vec<String>, String, String) = {
+        let r = c
+            .query_one(
+                "SELECT reloptions, relacl::text, obj_description(oid, 'pg_class') FROM pg_class WHERE oid = 'unit_plain'::regclass",
+                &[],
+            )
+            .expect("view meta");
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!(opts, vec!["security_invoker=true".to_string()]);
+    assert!(acl.contains("itest_app_view=arwd/"), "{acl}");
+    assert_eq!(comment, "units, decrypted");
+    assert_eq!(
+        count(&mut app, "SELECT count(*) FROM unit_plain WHERE id <= 10"),
+        0
+    );
+
+    // The README's rewritten query uses the blind index (checked on the plan).
+    c.batch_execute("SET enable_seqscan = off")
+        .expect("no seqscan");
+    let plan: Vec<String> = c
+        .query(
+            "EXPLAIN SELECT u.id, u.status FROM unit u
+              WHERE u.serial_bidx = ANY (dscsa.blind_index_candidates($1, 'bk', 'serial'))
+                AND dscsa.dscsa_decrypt(u.serial) = $1",
+            &[&saved],
+        )
+        .expect("explain")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        plan.iter().any(|l| l.contains("unit_serial_key")),
+        "{plan:?}"
+    );
+    c.batch_execute("RESET enable_seqscan").expect("reset");
+}
+
+#[test]
+fn blind_index_equality_in_and_join() {
+    let (_db, mut c) = erp_db("bidx", 2_000);
+    c.batch_execute(
+        "CREATE TABLE return_request (id serial PRIMARY KEY, serial text NOT NULL);
+         INSERT INTO return_request (serial) SELECT serial FROM saved_units WHERE id % 100 = 0;
+         INSERT INTO return_request (serial) VALUES ('NOT-OURS');
+         CALL dscsa.protect_column('unit', 'serial', kind => 'serial', mode => 'in_place', blind_index_key => 'bk');
+         CALL dscsa.protect_column('return_request', 'serial', kind => 'serial', mode => 'in_place', blind_index_key => 'bk');",
+    )
+    .expect("setup");
+    let (a, b): (String, String) = {
+        let r = c
+            .query_one("SELECT (SELECT serial FROM saved_units WHERE id = 5), (SELECT serial FROM saved_units WHERE id = 6)", &[])
+            .expect("serials");
+        (r.get(0), r.get(1))
+    };
+    let ids: Vec<i64> = c
+        .query(
+            "SELECT id FROM unit WHERE serial_bidx IN (dscsa.blind_index($1, 'bk', 'serial'), dscsa.blind_index($2, 'bk', 'serial')) ORDER BY id",
+            &[&a, &b],
+        )
+        .expect("IN")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, vec![5, 6]);
+    // Normalization: surrounding whitespace does not matter.
+    assert_eq!(
+        count(&mut c, &format!("SELECT count(*) FROM unit WHERE serial_bidx = dscsa.blind_index('  {a} ', 'bk', 'serial')")),
+        1
+    );
+    // JOIN on the blind indexes of two tables (same key, same kind).
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM return_request r JOIN unit u ON u.serial_bidx = r.serial_bidx"
+        ),
+        20
+    );
+    // A serial and a lot with the same characters do not share an index value.
+    let (s, l): (Vec<u8>, Vec<u8>) = {
+        let r = c
+            .query_one("SELECT dscsa.blind_index('X1', 'bk', 'serial'), dscsa.blind_index('X1', 'bk', 'lot')", &[])
+            .expect("kinds");
+        (r.get(0), r.get(1))
+    };
+    assert_ne!(s, l);
+    assert_eq!(s.len(), 4 + 16, "key id prefix + 16-byte MAC");
+    // A data key cannot be used as a blind-index key.
+    assert_eq!(
+        sqlstate(c.query_one("SELECT dscsa.blind_index('X1', 'k', 'serial')", &[])),
+        "22023"
+    );
+}
