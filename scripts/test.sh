@@ -65,7 +65,7 @@ fi
 log "5/5 Client integration tests"
 export DSCSA_TEST_PORT="${TEST_PORT}" DSCSA_TEST_DATADIR="${DATADIR}" \
        DSCSA_TEST_KEK="${KEKDIR}/dev.kek" DSCSA_TEST_PG_BIN="${PG_BIN}"
-cargo test --no-fail-fast -p pg_dscsa_itest --test roundtrip --test privileges --test kms_hook --test dump_copy --test reencrypt
+cargo test --no-fail-fast -p pg_dscsa_itest --test roundtrip --test privileges --test kms_hook --test dump_copy --test reencrypt --test erp --test erp_keys
 cargo test -p pg_dscsa_itest --test log_hygiene
 
 log "All test layers passed"

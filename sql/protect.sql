@@ -142,7 +142,7 @@ COMMENT ON FUNCTION dscsa.protect_column_problems(regclass, name, text) IS
 -- The single-column UNIQUE constraint or btree index carried over to the blind index.
 CREATE FUNCTION dscsa._carried_index(tbl regclass, col name,
     OUT index_name name, OUT is_unique boolean, OUT is_constraint boolean)
-    LANGUAGE sql STABLE PARALLEL SAFE
+    LANGUAGE sql STABLE STRICT PARALLEL SAFE
 AS $$
     SELECT ic.relname, i.indisunique,
            EXISTS (SELECT 1 FROM pg_catalog.pg_constraint c WHERE c.conindid = i.indexrelid AND c.contype = 'u')

@@ -214,7 +214,7 @@ $$;
 CREATE FUNCTION dscsa.verify_column(tbl regclass, col name, context text DEFAULT NULL)
     RETURNS TABLE (key_id integer, key_name text, key_version integer, key_status text,
                    rows bigint, authenticated bigint, failed bigint, failed_rows jsonb)
-    LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+    LANGUAGE plpgsql STABLE PARALLEL UNSAFE
 AS $$
 DECLARE
     ctx text := coalesce(context, (SELECT p.context FROM dscsa.protected_columns p

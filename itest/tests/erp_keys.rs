@@ -361,6 +361,16 @@ fn kek_rotation_rewraps_without_touching_data() {
     );
 }
 
+/// key_version, key_status, rows, authenticated, failed, failed_rows.
+type ReportRow = (
+    Option<i32>,
+    String,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+);
+
 #[test]
 fn verification_report_names_corrupted_rows_without_revealing_values() {
     let (_db, mut c) = erp_db("verify", 5_000);
@@ -380,14 +390,7 @@ fn verification_report_names_corrupted_rows_without_revealing_values() {
          RESET session_replication_role;",
     )
     .expect("corrupt");
-    let rows: Vec<(
-        Option<i32>,
-        String,
-        i64,
-        Option<i64>,
-        Option<i64>,
-        Option<String>,
-    )> = c
+    let rows: Vec<ReportRow> = c
         .query(
             "SELECT key_version, key_status, rows, authenticated, failed, failed_rows::text
                FROM dscsa.verify_column('unit', 'note')",
