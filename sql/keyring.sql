@@ -42,6 +42,11 @@ CREATE FUNCTION dscsa._wrap_new_key(key_id integer, key_name text, version integ
     RETURNS TABLE (wrapped_key bytea, kek_ref text, key_check bytea)
     VOLATILE STRICT PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'wrap_new_key_wrapper';
 
+-- Queues a relcache invalidation of dscsa.keyring, delivered to every backend at commit:
+-- sessions then re-read the active version of the keys they use (src/rotation.rs).
+CREATE FUNCTION dscsa._keyring_changed() RETURNS void
+    VOLATILE STRICT PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'keyring_changed_wrapper';
+
 CREATE FUNCTION dscsa.create_key(key_name text, kek text DEFAULT 'dev')
     RETURNS integer
     LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
@@ -104,6 +109,7 @@ BEGIN
                                kek_ref, wrapped_key, key_check)
     VALUES (new_id, rotate_key.key_name, new_version, cur.purpose, cur.blind_index_length, 'active',
             w.kek_ref, w.wrapped_key, w.key_check);
+    PERFORM dscsa._keyring_changed();
     RETURN new_id;
 END
 $$;
@@ -233,12 +239,17 @@ CREATE FUNCTION dscsa._key_exists(key_id integer) RETURNS boolean
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     RETURN EXISTS (SELECT 1 FROM dscsa.keyring k WHERE k.key_id = _key_exists.key_id);
 
--- Used once per transaction by encryption to notice a rotation made by another session.
+-- Used once per transaction by encryption and blind-index lookups to notice a rotation
+-- made by another session. PL/pgSQL so that its query plan is cached per session.
 CREATE FUNCTION dscsa._active_key_id(key_name text) RETURNS integer
-    LANGUAGE sql STABLE STRICT PARALLEL SAFE
+    LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
     RETURN (SELECT k.key_id FROM dscsa.keyring k
              WHERE k.key_name = _active_key_id.key_name AND k.status = 'active');
+END
+$$;
 
 -- Session key management. load_key reads the keyring as the extension owner, so it is
 -- SECURITY DEFINER with a pinned search_path; the keys land in the caller's backend only.
@@ -358,6 +369,7 @@ BEGIN
                   HINT = 'Re-encrypt those values under the active version first.';
     END IF;
     UPDATE dscsa.keyring SET status = 'retired', retired_at = now() WHERE keyring.key_id = target.key_id;
+    PERFORM dscsa._keyring_changed();
 END
 $$;
 COMMENT ON FUNCTION dscsa.retire_key(text, integer) IS

@@ -13,12 +13,13 @@ use zeroize::Zeroizing;
 
 use crate::error::{raise, OrRaise};
 use crate::fmgr::{arg_bytes, new_varlena, optional_arg_bytes, pg_v1_function, return_null};
-use crate::{guc, keyring, keys};
+use crate::{guc, keyring, keys, rotation};
 
-/// Once per transaction and key name, compares the active version this session holds
-/// with the keyring's: after `dscsa.rotate_key` in another session, new values must go
-/// under the new version. If it changed, the key is reloaded through the KMS hook (one
-/// unwrap of the new version), keeping its scope.
+/// Compares the active version this session holds with the keyring's whenever the
+/// keyring may have changed (src/rotation.rs): after `dscsa.rotate_key` in another
+/// session, new values must go under the new version and blind-index lookups must
+/// include it. If it changed, the key is reloaded through the KMS hook (one unwrap of the
+/// new version), keeping its scope.
 ///
 /// Skipped while a parallel plan runs (no SPI is allowed then); the next statement of
 /// the session outside parallel mode catches up.
@@ -27,21 +28,22 @@ pub(crate) fn follow_rotation(name: &[u8]) {
     if unsafe { pg_sys::IsInParallelMode() } {
         return;
     }
-    if keys::check_once_per_xact(name) {
+    let Some(generation) = rotation::pending_check(name) else {
         return;
-    }
+    };
     let Some(scope) = keys::loaded_scope(name) else {
         return; // not loaded: with_active_key reports that
     };
-    let Ok(name) = std::str::from_utf8(name) else {
+    let Ok(name_str) = std::str::from_utf8(name) else {
         return;
     };
-    match keyring::active_key_id(name) {
+    match keyring::active_key_id(name_str) {
         Some(id) if keys::is_loaded_active(id) => {}
-        Some(_) => keyring::reload(name, scope),
+        Some(_) => keyring::reload(name_str, scope),
         // No active version any more (all retired): refuse to encrypt under a stale one.
-        None => raise(Error::UnknownKey(name.to_string())),
+        None => raise(Error::UnknownKey(name_str.to_string())),
     }
+    rotation::confirmed(name, generation);
 }
 
 /// Seals `plaintext` under the active version of data key `key_name` into a new

@@ -122,12 +122,38 @@ pub fn key_exists(key_id: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// The keyring's active version of data key `key_name`, asked through a SECURITY DEFINER
-/// function (encrypting roles cannot read the keyring).
+thread_local! {
+    /// The rotation check runs once per transaction of every session that encrypts or
+    /// looks up blind indexes, so its statement is prepared once per backend (the
+    /// plancache re-plans it if the extension is dropped and re-created).
+    static ACTIVE_KEY_PLAN: std::cell::RefCell<Option<pgrx::spi::OwnedPreparedStatement>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The keyring's active version of key `key_name`, asked through a SECURITY DEFINER
+/// function (encrypting and reading roles cannot read the keyring).
 pub fn active_key_id(key_name: &str) -> Option<u32> {
-    Spi::get_one_with_args::<i32>("SELECT dscsa._active_key_id($1)", &[key_name.into()])
-        .unwrap_or_else(|e| internal("looking up the active key version failed", e))
-        .and_then(|id| u32::try_from(id).ok())
+    Spi::connect(|client| {
+        ACTIVE_KEY_PLAN.with(|plan| {
+            let mut plan = plan.borrow_mut();
+            if plan.is_none() {
+                let stmt = client.prepare(
+                    "SELECT dscsa._active_key_id($1)",
+                    &[pgrx::PgOid::from(pg_sys::TEXTOID)],
+                )?;
+                *plan = Some(stmt.keep());
+            }
+            let Some(stmt) = plan.as_ref() else {
+                return Ok(None);
+            };
+            client
+                .select(stmt, Some(1), &[key_name.into()])?
+                .first()
+                .get_one::<i32>()
+        })
+    })
+    .unwrap_or_else(|e| internal("looking up the active key version failed", e))
+    .and_then(|id| u32::try_from(id).ok())
 }
 
 /// Reloads `key_name` through the SQL entry point, so that the keyring is read with the

@@ -60,9 +60,6 @@ pub struct SessionKey {
 
 thread_local! {
     static KEYS: RefCell<Vec<SessionKey>> = const { RefCell::new(Vec::new()) };
-    /// Key names whose active version was checked against the keyring in the current
-    /// transaction (see `crypto::encrypt`); cleared at every transaction end.
-    static CHECKED_THIS_XACT: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
     static NONCES: RefCell<NonceSource> = const { RefCell::new(NonceSource::new()) };
 }
 
@@ -175,19 +172,6 @@ pub fn try_import_keys<T>(name: &[u8], mut f: impl FnMut(&DataKey) -> Result<T>)
     })
 }
 
-/// Marks `name` as checked in this transaction; returns whether it already was.
-pub fn check_once_per_xact(name: &[u8]) -> bool {
-    CHECKED_THIS_XACT.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.iter().any(|n| n == name) {
-            true
-        } else {
-            c.push(name.to_vec());
-            false
-        }
-    })
-}
-
 /// The scope to reload `name` with: session if any loaded version is session-scoped,
 /// transaction if all are, None if the name is not loaded at all.
 pub fn loaded_scope(name: &[u8]) -> Option<Scope> {
@@ -277,7 +261,6 @@ unsafe extern "C-unwind" fn on_xact_event(
             | XACT_EVENT_PARALLEL_ABORT
     ) {
         remove_where(|k| k.scope == Scope::Transaction);
-        CHECKED_THIS_XACT.with(|c| c.borrow_mut().clear());
     }
 }
 

@@ -15,6 +15,7 @@ mod guc;
 mod keyring;
 mod keys;
 mod kms;
+mod rotation;
 mod triggers;
 mod type_io;
 
@@ -48,6 +49,7 @@ extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 pub extern "C-unwind" fn _PG_init() {
     guc::init();
     keys::init();
+    rotation::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

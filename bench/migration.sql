@@ -1,0 +1,69 @@
+-- pg_dscsa migration benchmark: protecting a column of :rows rows in place and online,
+-- and re-encrypting it after a key rotation, against a plain rewrite of the same column
+-- (UPDATE t SET c = c || '') measured in the same run on identical tables.
+-- Run through scripts/bench.sh (make bench). psql variable: mrows (default 1000000).
+\set ON_ERROR_STOP 1
+\if :{?mrows} \else \set mrows 1000000 \endif
+SET search_path = public, dscsa;
+SET client_min_messages = warning;
+SET dscsa.key_name = 'bench';
+SELECT dscsa.load_key('bench') AS versions_loaded;
+SELECT dscsa.create_blind_index_key('bench_bidx') WHERE NOT EXISTS (SELECT 1 FROM dscsa.keyring WHERE key_name = 'bench_bidx');
+SELECT dscsa.load_key('bench_bidx') AS versions_loaded;
+
+\echo Preparing four identical tables of :mrows units...
+DROP TABLE IF EXISTS mig_rewrite, mig_in_place, mig_online, mig_online_bidx;
+CREATE TABLE mig_rewrite (id bigint PRIMARY KEY, lot_id int NOT NULL, serial text NOT NULL, status text NOT NULL);
+INSERT INTO mig_rewrite SELECT i, 1 + i % 1000, 'SN' || lpad(i::text, 18, '0'), 'commissioned' FROM generate_series(1, :mrows) i;
+CREATE TABLE mig_in_place (LIKE mig_rewrite INCLUDING ALL);
+INSERT INTO mig_in_place SELECT * FROM mig_rewrite;
+CREATE TABLE mig_online (LIKE mig_rewrite INCLUDING ALL);
+INSERT INTO mig_online SELECT * FROM mig_rewrite;
+CREATE TABLE mig_online_bidx (LIKE mig_rewrite INCLUDING ALL);
+INSERT INTO mig_online_bidx SELECT * FROM mig_rewrite;
+VACUUM ANALYZE mig_rewrite, mig_in_place, mig_online, mig_online_bidx;
+CREATE TEMP TABLE mig_results (step int, name text, ms numeric);
+
+\echo 1/5 baseline: UPDATE t SET serial = serial || ''
+CHECKPOINT;
+SELECT clock_timestamp() AS t0 \gset
+UPDATE mig_rewrite SET serial = serial || '';
+INSERT INTO mig_results SELECT 1, 'plain rewrite UPDATE c = c || ''''', extract(epoch FROM clock_timestamp() - :'t0'::timestamptz) * 1000;
+
+\echo 2/5 protect_column in place
+CHECKPOINT;
+SELECT clock_timestamp() AS t0 \gset
+CALL dscsa.protect_column('mig_in_place', 'serial', kind => 'serial', mode => 'in_place');
+INSERT INTO mig_results SELECT 2, 'protect_column in place', extract(epoch FROM clock_timestamp() - :'t0'::timestamptz) * 1000;
+
+\echo 3/5 protect_column online
+CHECKPOINT;
+SELECT clock_timestamp() AS t0 \gset
+CALL dscsa.protect_column('mig_online', 'serial', kind => 'serial', batch_size => 50000);
+INSERT INTO mig_results SELECT 3, 'protect_column online', extract(epoch FROM clock_timestamp() - :'t0'::timestamptz) * 1000;
+
+\echo 4/5 protect_column online with a blind index
+CHECKPOINT;
+SELECT clock_timestamp() AS t0 \gset
+CALL dscsa.protect_column('mig_online_bidx', 'serial', kind => 'serial', blind_index_key => 'bench_bidx', batch_size => 50000);
+INSERT INTO mig_results SELECT 4, 'protect_column online + blind index', extract(epoch FROM clock_timestamp() - :'t0'::timestamptz) * 1000;
+
+\echo 5/5 rotate the data key, re-encrypt the in-place table
+SELECT dscsa.rotate_key('bench') AS new_key_id;
+SELECT dscsa.load_key('bench') AS versions_loaded;
+CHECKPOINT;
+SELECT clock_timestamp() AS t0 \gset
+CALL dscsa.reencrypt('mig_in_place', 'serial', NULL, 50000);
+INSERT INTO mig_results SELECT 5, 'reencrypt to the new version', extract(epoch FROM clock_timestamp() - :'t0'::timestamptz) * 1000;
+
+-- Correctness of what was timed, so a fast wrong run cannot pass for a result.
+SELECT count(*) AS mismatches
+  FROM mig_rewrite r JOIN mig_in_place p USING (id) JOIN mig_online o USING (id) JOIN mig_online_bidx b USING (id)
+ WHERE dscsa_decrypt(p.serial) <> r.serial OR dscsa_decrypt(o.serial) <> r.serial OR dscsa_decrypt(b.serial) <> r.serial;
+
+\echo
+\echo Migration of :mrows rows, same run, ratios against the plain rewrite:
+SELECT step, name, round(ms) AS ms,
+       round(ms * 1000 / :mrows, 2) AS us_per_row,
+       round(ms / (SELECT ms FROM mig_results WHERE step = 1), 2) AS vs_plain_rewrite
+  FROM mig_results ORDER BY step;
