@@ -39,16 +39,23 @@ END
 $$;
 
 -- Whether a stored expiry (ISO date) matches a requested GS1 YYMMDD, where day 00
--- means the last day of the month.
+-- means the last day of the month. PL/pgSQL rather than SQL: a SQL function that cannot
+-- be inlined is parsed and planned again on every call.
 CREATE OR REPLACE FUNCTION vrs.expiry_matches(stored text, requested text) RETURNS boolean
-    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
 AS $$
-    SELECT CASE
-        WHEN dscsa.normalize_identifier(requested, 'expiry') ~ '^[0-9]{4}00$'
-        THEN dscsa.normalize_identifier(stored, 'expiry') LIKE substr(dscsa.normalize_identifier(requested, 'expiry'), 1, 4) || '__'
-             AND stored::date = (date_trunc('month', stored::date) + interval '1 month - 1 day')::date
-        ELSE dscsa.normalize_identifier(stored, 'expiry') = dscsa.normalize_identifier(requested, 'expiry')
-    END
+DECLARE
+    s text := dscsa.normalize_identifier(stored, 'expiry');
+    r text := dscsa.normalize_identifier(requested, 'expiry');
+BEGIN
+    IF right(r, 2) = '00' THEN
+        -- Same year and month, and the stored day is the month's last.
+        RETURN left(s, 4) = left(r, 4)
+           AND right(s, 2) = to_char(date_trunc('month', make_date(2000 + left(s, 2)::int, substr(s, 3, 2)::int, 1))
+                                     + interval '1 month - 1 day', 'DD');
+    END IF;
+    RETURN s = r;
+END
 $$;
 
 CREATE OR REPLACE FUNCTION vrs.verify(gtin text, serial text, lot text, expiry text)
@@ -56,18 +63,27 @@ CREATE OR REPLACE FUNCTION vrs.verify(gtin text, serial text, lot text, expiry t
     LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
 AS $$
 DECLARE
+    -- Computed once, then passed to the query as plain scalar parameters, so that
+    -- PL/pgSQL keeps one generic plan (an index scan) instead of planning every call.
+    want_serial text := dscsa.normalize_identifier(verify.serial, 'serial');
+    want_gtin text := dscsa.normalize_identifier(verify.gtin, 'gtin');
+    candidate bytea;
     unit record;
     lot_ok boolean;
     expiry_ok boolean;
 BEGIN
-    SELECT u.lot, u.expiry INTO unit
-      FROM vrs.product_units u
-     WHERE u.serial_bidx = ANY (dscsa.blind_index_candidates(verify.serial, 'vrs_bidx', 'serial'))
-       -- The blind index is truncated: confirm the pair on the decrypted values.
-       AND dscsa.dscsa_decrypt(u.serial) = dscsa.normalize_identifier(verify.serial, 'serial')
-       AND dscsa.normalize_identifier(dscsa.dscsa_decrypt(u.gtin), 'gtin')
-           = dscsa.normalize_identifier(verify.gtin, 'gtin')
-     LIMIT 1;
+    -- One blind index per loaded key version, active first: normally one iteration; two
+    -- while the blind-index key is being rotated.
+    FOREACH candidate IN ARRAY dscsa.blind_index_candidates(verify.serial, 'vrs_bidx', 'serial') LOOP
+        SELECT u.lot, u.expiry INTO unit
+          FROM vrs.product_units u
+         WHERE u.serial_bidx = candidate
+           -- The blind index is truncated: confirm the pair on the decrypted values.
+           AND dscsa.dscsa_decrypt(u.serial) = want_serial
+           AND dscsa.normalize_identifier(dscsa.dscsa_decrypt(u.gtin), 'gtin') = want_gtin
+         LIMIT 1;
+        EXIT WHEN FOUND;
+    END LOOP;
     IF NOT FOUND THEN
         RETURN QUERY SELECT false, 'No_match_GTIN_Serial';
         RETURN;

@@ -49,7 +49,7 @@ run_pgbench() {
     rm -rf "${dir}"; mkdir -p "${dir}"; chown postgres:postgres "${dir}"
     local out
     out="$(cd "${dir}" && as_postgres "${PG_BIN}/pgbench" -n -h /tmp -p "${BENCH_PORT}" -c "${CLIENTS}" -j 2 \
-        -T "${SECONDS_PER_RUN}" -D rows="${VRS_ROWS}" -D loaded=0 -f "${REPO_ROOT}/bench/${script}" \
+        -M prepared -T "${SECONDS_PER_RUN}" -D rows="${VRS_ROWS}" -D loaded=0 -f "${REPO_ROOT}/bench/${script}" \
         --log --log-prefix="${dir}/tx" postgres)" || die "pgbench ${name} failed"
     local tps
     tps="$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"${out}" | head -1)"
