@@ -57,9 +57,19 @@ CALL dscsa.reencrypt('mig_in_place', 'serial', NULL, 50000);
 INSERT INTO mig_results SELECT 5, 'reencrypt to the new version', extract(epoch FROM clock_timestamp() - :'t0'::timestamptz) * 1000;
 
 -- Correctness of what was timed, so a fast wrong run cannot pass for a result.
-SELECT count(*) AS mismatches
-  FROM mig_rewrite r JOIN mig_in_place p USING (id) JOIN mig_online o USING (id) JOIN mig_online_bidx b USING (id)
- WHERE dscsa_decrypt(p.serial) <> r.serial OR dscsa_decrypt(o.serial) <> r.serial OR dscsa_decrypt(b.serial) <> r.serial;
+DO $$
+DECLARE
+    bad bigint;
+BEGIN
+    SELECT count(*) INTO bad
+      FROM mig_rewrite r JOIN mig_in_place p USING (id) JOIN mig_online o USING (id) JOIN mig_online_bidx b USING (id)
+     WHERE dscsa.dscsa_decrypt(p.serial) <> r.serial OR dscsa.dscsa_decrypt(o.serial) <> r.serial
+        OR dscsa.dscsa_decrypt(b.serial) <> r.serial;
+    IF bad > 0 OR (SELECT count(*) FROM mig_online_bidx) <> (SELECT count(*) FROM mig_rewrite) THEN
+        RAISE EXCEPTION 'protected tables differ from the plaintext: % rows', bad;
+    END IF;
+END
+$$;
 
 \echo
 \echo Migration of :mrows rows, same run, ratios against the plain rewrite:

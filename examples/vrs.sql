@@ -68,6 +68,7 @@ DECLARE
     want_serial text := dscsa.normalize_identifier(verify.serial, 'serial');
     want_gtin text := dscsa.normalize_identifier(verify.gtin, 'gtin');
     candidate bytea;
+    matched boolean := false;
     unit record;
     lot_ok boolean;
     expiry_ok boolean;
@@ -82,9 +83,11 @@ BEGIN
            AND dscsa.dscsa_decrypt(u.serial) = want_serial
            AND dscsa.normalize_identifier(dscsa.dscsa_decrypt(u.gtin), 'gtin') = want_gtin
          LIMIT 1;
-        EXIT WHEN FOUND;
+        matched := FOUND;
+        EXIT WHEN matched;
     END LOOP;
-    IF NOT FOUND THEN
+    -- (Not FOUND itself: the loop statement sets it.)
+    IF NOT matched THEN
         RETURN QUERY SELECT false, 'No_match_GTIN_Serial';
         RETURN;
     END IF;

@@ -33,6 +33,8 @@ cargo pgrx test pg${PG_MAJOR} --runas postgres --pgdata /tmp/pg_dscsa_pgrx_test
 
 log "Installing the release build (replaces the pg_test build cargo pgrx test installed)"
 bash scripts/setup.sh
+# The released 0.1.0 installation script, so that the upgrade test can start from it.
+install -m 0644 sql/archive/pg_dscsa--0.1.0.sql "$("${PG_CONFIG}" --sharedir)/extension/pg_dscsa--0.1.0.sql"
 
 log "Starting a fresh test cluster on port ${TEST_PORT}"
 stop_cluster "${DATADIR}"
@@ -65,7 +67,7 @@ fi
 log "5/5 Client integration tests"
 export DSCSA_TEST_PORT="${TEST_PORT}" DSCSA_TEST_DATADIR="${DATADIR}" \
        DSCSA_TEST_KEK="${KEKDIR}/dev.kek" DSCSA_TEST_PG_BIN="${PG_BIN}"
-cargo test --no-fail-fast -p pg_dscsa_itest --test roundtrip --test privileges --test kms_hook --test dump_copy --test reencrypt --test erp --test erp_keys
+cargo test --no-fail-fast -p pg_dscsa_itest --test roundtrip --test privileges --test kms_hook --test dump_copy --test reencrypt --test erp --test erp_keys --test upgrade
 cargo test -p pg_dscsa_itest --test log_hygiene
 
 log "All test layers passed"

@@ -392,8 +392,10 @@ DECLARE
     col_type regtype;
     encrypt_fn text;
     stmt text;
-    ctx text := CASE WHEN context IS NULL THEN '' ELSE ', $3' END;
     total bigint;
+    end_block bigint;
+    block bigint;
+    step bigint;
     done bigint := 0;
     n bigint;
     remaining bigint;
@@ -422,14 +424,43 @@ BEGIN
     EXECUTE pg_catalog.format('SELECT count(*) FROM %s WHERE %I IS NOT NULL AND dscsa.envelope_key_id(%I) <> $1',
                               tbl, col, col)
        INTO total USING active_id;
+    -- Pass 1 walks the table's blocks once, in ranges (TID range scans), so that every
+    -- batch reads only its own blocks; rewritten rows move elsewhere and are skipped when
+    -- met again. Rows locked by other transactions are skipped (SKIP LOCKED: neither side
+    -- waits, so no deadlock) and picked up by pass 2.
+    end_block := pg_catalog.pg_relation_size(tbl) / pg_catalog.current_setting('block_size')::bigint;
+    EXECUTE pg_catalog.format('SELECT count(*) FROM %s WHERE ctid < ''(8,0)''::tid', tbl) INTO n;
+    step := greatest(1, batch_size / greatest(n / greatest(least(end_block, 8), 1), 1));
     stmt := pg_catalog.format(
-        'WITH batch AS (SELECT ctid FROM %1$s WHERE %2$I IS NOT NULL AND dscsa.envelope_key_id(%2$I) <> $1
-                         LIMIT $2 FOR UPDATE SKIP LOCKED)
+        'WITH batch AS (SELECT ctid FROM %1$s
+                         WHERE ctid >= pg_catalog.format(''(%%s,0)'', $3::bigint)::tid
+                           AND ctid < pg_catalog.format(''(%%s,0)'', $4::bigint)::tid
+                           AND %2$I IS NOT NULL AND dscsa.envelope_key_id(%2$I) <> $1
+                         FOR UPDATE SKIP LOCKED)
          UPDATE %1$s t SET %2$I = %3$s(dscsa.dscsa_decrypt(t.%2$I%4$s)%4$s)
            FROM batch WHERE t.ctid = batch.ctid',
-        tbl, col, encrypt_fn, ctx);
+        tbl, col, encrypt_fn, CASE WHEN context IS NULL THEN '' ELSE ', $2' END);
+    block := 0;
+    WHILE block < end_block LOOP
+        EXECUTE stmt USING active_id, context, block, block + step;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        block := block + step;
+        done := done + n;
+        COMMIT;
+        RAISE NOTICE 'dscsa.reencrypt %.%: % of % rows (% %%), % rows/s', tbl, col, done, total,
+            CASE WHEN total > 0 THEN round(100.0 * least(done, total) / total, 1) ELSE 100 END,
+            round(done / greatest(extract(epoch FROM pg_catalog.clock_timestamp() - started), 0.001));
+    END LOOP;
+    -- Pass 2: whatever pass 1 skipped (locked rows, rows written under an older version
+    -- by a session mid-rotation), until none is left.
+    stmt := pg_catalog.format(
+        'WITH batch AS (SELECT ctid FROM %1$s WHERE %2$I IS NOT NULL AND dscsa.envelope_key_id(%2$I) <> $1
+                         LIMIT $3 FOR UPDATE SKIP LOCKED)
+         UPDATE %1$s t SET %2$I = %3$s(dscsa.dscsa_decrypt(t.%2$I%4$s)%4$s)
+           FROM batch WHERE t.ctid = batch.ctid',
+        tbl, col, encrypt_fn, CASE WHEN context IS NULL THEN '' ELSE ', $2' END);
     LOOP
-        EXECUTE stmt USING active_id, batch_size, context;
+        EXECUTE stmt USING active_id, context, batch_size;
         GET DIAGNOSTICS n = ROW_COUNT;
         IF n = 0 THEN
             -- Nothing unlocked is left; rows locked by other transactions are retried.

@@ -40,9 +40,11 @@ fn to_key_id(id: i32) -> u32 {
 fn keyring_rows(key_name: &str) -> Vec<KeyringRow> {
     Spi::connect(|client| {
         let table = client.select(
+            // blind_index_length through to_jsonb: the column does not exist in a 0.1.0
+            // keyring, which this library must still read until ALTER EXTENSION UPDATE.
             "SELECT key_id, version, status = 'active', kek_ref, wrapped_key, key_check,
-                    purpose, blind_index_length
-               FROM dscsa.keyring
+                    purpose, (pg_catalog.to_jsonb(k) ->> 'blind_index_length')::int2
+               FROM dscsa.keyring k
               WHERE key_name = $1 AND status IN ('active', 'decrypt_only')
               ORDER BY version",
             None,

@@ -66,6 +66,13 @@ fn online_protection_killed_mid_backfill_resumes_without_losing_a_row() {
                     &[&target],
                 )
                 .expect("update saved");
+                // An update of another column only: the row must get its twin (the
+                // migration's check constraint would refuse the new row version otherwise).
+                tx.execute(
+                    "UPDATE unit SET status = 'shipped' WHERE id = $1",
+                    &[&(1 + (i * 3571) % 100_000)],
+                )
+                .expect("update of another column during the backfill");
                 let gone = 1 + (i * 104_729) % 100_000;
                 tx.execute("DELETE FROM unit WHERE id = $1", &[&gone])
                     .expect("delete");
