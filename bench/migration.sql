@@ -22,6 +22,11 @@ INSERT INTO mig_online SELECT * FROM mig_rewrite;
 CREATE TABLE mig_online_bidx (LIKE mig_rewrite INCLUDING ALL);
 INSERT INTO mig_online_bidx SELECT * FROM mig_rewrite;
 VACUUM ANALYZE mig_rewrite, mig_in_place, mig_online, mig_online_bidx;
+-- No autovacuum in the middle of a timed step (each step leaves a million dead rows).
+ALTER TABLE mig_rewrite SET (autovacuum_enabled = false);
+ALTER TABLE mig_in_place SET (autovacuum_enabled = false);
+ALTER TABLE mig_online SET (autovacuum_enabled = false);
+ALTER TABLE mig_online_bidx SET (autovacuum_enabled = false);
 CREATE TEMP TABLE mig_results (step int, name text, ms numeric);
 
 \echo 1/5 baseline: UPDATE t SET serial = serial || ''

@@ -64,7 +64,7 @@ BEGIN
       FROM generate_series(1, 200) i,
            LATERAL (SELECT (i * 4999) % n_rows + 1 AS n) u,
            LATERAL (SELECT 'L' || (u.n % 1000 + CASE WHEN i % 4 = 1 THEN 1 ELSE 0 END) AS lot,
-                           to_char(date '2027-01-01' + (u.n % 365) + CASE WHEN i % 4 = 2 THEN 1 ELSE 0 END, 'YYMMDD') AS exp,
+                           to_char(date '2027-01-01' + (u.n % 365)::int + CASE WHEN i % 4 = 2 THEN 1 ELSE 0 END, 'YYMMDD') AS exp,
                            'SN' || (u.n + CASE WHEN i % 4 = 3 THEN n_rows ELSE 0 END) AS serial) q,
            LATERAL (SELECT * FROM vrs.verify('00300010123455', q.serial, q.lot, q.exp)) e,
            LATERAL (SELECT * FROM vrs_plain_verify('00300010123455', q.serial, q.lot, q.exp)) p;

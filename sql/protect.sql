@@ -229,6 +229,7 @@ DECLARE
     started timestamptz := pg_catalog.clock_timestamp();
     attempts integer := 0;
     sweep_needed boolean := false;
+    backfill text;
 BEGIN
     IF mode NOT IN ('in_place', 'online') THEN
         RAISE EXCEPTION 'mode must be ''in_place'' or ''online''' USING ERRCODE = 'invalid_parameter_value';
@@ -356,20 +357,25 @@ BEGIN
     END IF;
 
     -- Phase 2: backfill block ranges (TID range scans), one committed batch at a time.
-    -- "SET col = col" fires the sync trigger, which encrypts from the row's current
-    -- plaintext under the row lock: a concurrent UPDATE either ran before (twin set,
-    -- row skipped) or waits and re-derives the twin itself.
+    -- The UPDATE encrypts the row's current plaintext under the row lock, and the sync
+    -- trigger checks that what it wrote decrypts to that plaintext (otherwise it derives
+    -- the twin itself): a concurrent UPDATE either ran before (twin set, row skipped) or
+    -- waits and re-derives the twin from its own plaintext.
     -- Blocks per batch, from the rows per block of the first blocks (statistics may be
     -- missing on a table that was never analyzed).
     EXECUTE pg_catalog.format('SELECT count(*) FROM %s WHERE ctid < ''(8,0)''::tid', tbl) INTO n;
     step := greatest(1, batch_size / greatest(n / greatest(least(r.backfill_end_block, 8), 1), 1));
     total_pages := greatest(r.backfill_end_block, 1);
+    backfill := pg_catalog.format(
+        'UPDATE %1$s SET %2$I = %3$s(%4$s, %5$L)%6$s
+          WHERE ctid >= pg_catalog.format(''(%%s,0)'', $1::bigint)::tid
+            AND ctid < pg_catalog.format(''(%%s,0)'', $2::bigint)::tid AND %2$I IS NULL AND %7$I IS NOT NULL',
+        tbl, r.twin_column, dscsa._encrypt_function(r.kind), plain, r.context,
+        CASE WHEN r.blind_index_column IS NULL THEN ''
+             ELSE pg_catalog.format(', %I = dscsa.blind_index(%s, %L, %L)', r.blind_index_column, plain, r.blind_index_key, r.kind) END,
+        col);
     WHILE r.next_block < r.backfill_end_block LOOP
-        EXECUTE pg_catalog.format(
-            'UPDATE %s SET %I = %I WHERE ctid >= pg_catalog.format(''(%%s,0)'', $1::bigint)::tid
-                AND ctid < pg_catalog.format(''(%%s,0)'', $2::bigint)::tid AND %I IS NULL AND %I IS NOT NULL',
-            tbl, col, col, r.twin_column, col)
-            USING r.next_block, r.next_block + step;
+        EXECUTE backfill USING r.next_block, r.next_block + step;
         GET DIAGNOSTICS n = ROW_COUNT;
         r.next_block := r.next_block + step;
         r.rows_done := r.rows_done + n;

@@ -195,14 +195,17 @@ fn plaintext_of(trigger: &Trigger<'_>, attnum: i32) -> Option<Zeroizing<Vec<u8>>
     Some(Zeroizing::new(bytes.to_vec()))
 }
 
-fn blind_index_datum(bidx_key: &str, kind: FieldKind, plaintext: &[u8]) -> pg_sys::Datum {
+/// The blind index of `plaintext` under the active version of `bidx_key`.
+fn blind_index_bytes(bidx_key: &str, kind: FieldKind, plaintext: &[u8]) -> Vec<u8> {
     ensure_loaded(bidx_key);
     crate::crypto::follow_rotation(bidx_key.as_bytes());
     let text = std::str::from_utf8(plaintext).unwrap_or_else(|_| raise(Error::InvalidTextEncoding));
-    let index =
-        keys::with_active_blind_key(bidx_key.as_bytes(), |id, key| key.compute(id, kind, text))
-            .or_raise();
-    varlena_from(&index)
+    keys::with_active_blind_key(bidx_key.as_bytes(), |id, key| key.compute(id, kind, text))
+        .or_raise()
+}
+
+fn blind_index_datum(bidx_key: &str, kind: FieldKind, plaintext: &[u8]) -> pg_sys::Datum {
+    varlena_from(&blind_index_bytes(bidx_key, kind, plaintext))
 }
 
 // Arguments: plain column, twin column, field kind, context, data key, blind-index
@@ -223,6 +226,27 @@ pg_v1_function!(fn protect_sync_trigger, pg_finfo_protect_sync_trigger, |fcinfo|
     }
     let kind = field_kind(kind);
     let plaintext = plaintext_of(&t, plain_at);
+    // A twin (and index) written by the statement itself, as the online backfill does, is
+    // kept when it provably derives from this row's plaintext: the twin authenticates
+    // under its key version with this column's kind and context and decrypts to exactly
+    // the plaintext, and the index equals the plaintext's index under the active key.
+    // Checking costs one decryption; it saves re-encrypting and rebuilding the row.
+    if let Some(p) = &plaintext {
+        let twin_ok = t.bytes(t.new_tuple(), twin_at).is_some_and(|env| {
+            ensure_loaded(data_key);
+            Envelope::parse(env).is_ok_and(|e| e.kind == kind)
+                && open_transient(env, context.as_bytes()).is_ok_and(|opened| opened[..] == p[..])
+        });
+        let bidx_ok = match bidx_at {
+            None => true,
+            Some(a) => t.bytes(t.new_tuple(), a).is_some_and(|index| {
+                blind_index_bytes(bidx_key, kind, p).as_slice() == index
+            }),
+        };
+        if twin_ok && bidx_ok {
+            return t.unchanged();
+        }
+    }
     let mut values = Vec::with_capacity(2);
     match &plaintext {
         None => {
