@@ -796,21 +796,15 @@ BEGIN
         IF r.blind_index_column IS NOT NULL THEN
             EXECUTE pg_catalog.format('ALTER TABLE %s ADD COLUMN %I bytea', tbl, r.blind_index_column);
         END IF;
-        -- On every UPDATE, not only of the column: a row the backfill has not reached yet
-        -- gets its twin whenever the application touches it (the check below demands it).
+        -- Inserts, and updates that write the plaintext column: the twin (and index)
+        -- follow the plaintext in the same statement. The backfill writes only the twin,
+        -- so it does not pay for the trigger.
         EXECUTE pg_catalog.format(
-            'CREATE TRIGGER %I BEFORE INSERT OR UPDATE ON %s FOR EACH ROW
+            'CREATE TRIGGER %I BEFORE INSERT OR UPDATE OF %I ON %s FOR EACH ROW
              EXECUTE FUNCTION dscsa.protect_sync_trigger(%L, %L, %L, %L, %L, %L, %L)',
-            pg_catalog.left('dscsa_sync_' || col, 63),
+            pg_catalog.left('dscsa_sync_' || col, 63), col,
             tbl, col, r.twin_column, r.kind, r.context, r.data_key,
             coalesce(r.blind_index_column, ''), coalesce(r.blind_index_key, ''));
-        -- Enforced for new row versions at once, validated for all rows after the
-        -- backfill: the proof that every plaintext has its twin, without a scan under
-        -- the cutover lock. For a NOT NULL column it has the form SET NOT NULL can use.
-        EXECUTE pg_catalog.format('ALTER TABLE %s ADD CONSTRAINT %I CHECK (%s) NOT VALID',
-            tbl, pg_catalog.left(r.twin_column || '_check', 63),
-            CASE WHEN r.original_not_null THEN pg_catalog.format('%I IS NOT NULL', r.twin_column)
-                 ELSE pg_catalog.format('%I IS NULL OR %I IS NOT NULL', col, r.twin_column) END);
         -- Rows added after this point get their twin from the trigger; the backfill
         -- walks the blocks that exist now.
         r.backfill_end_block := pg_catalog.pg_relation_size(tbl) / pg_catalog.current_setting('block_size')::bigint;
@@ -822,10 +816,10 @@ BEGIN
     END IF;
 
     -- Phase 2: backfill block ranges (TID range scans), one committed batch at a time.
-    -- The UPDATE encrypts the row's current plaintext under the row lock, and the sync
-    -- trigger checks that what it wrote decrypts to that plaintext (otherwise it derives
-    -- the twin itself): a concurrent UPDATE either ran before (twin set, row skipped) or
-    -- waits and re-derives the twin from its own plaintext.
+    -- The UPDATE encrypts the row's current plaintext under the row lock (it does not
+    -- write the plaintext column, so the sync trigger does not fire): a concurrent UPDATE
+    -- of the plaintext either ran before (twin set by the trigger, row skipped) or waits,
+    -- and then the WHERE clause and the twin are re-evaluated on the new row version.
     -- Blocks per batch, from the rows per block of the first blocks (statistics may be
     -- missing on a table that was never analyzed).
     EXECUTE pg_catalog.format('SELECT count(*) FROM %s WHERE ctid < ''(8,0)''::tid', tbl) INTO n;
@@ -852,9 +846,34 @@ BEGIN
             round(r.rows_done / greatest(extract(epoch FROM pg_catalog.clock_timestamp() - started), 0.001));
     END LOOP;
 
-    -- Phase 3: prove every row has its twin (SHARE UPDATE EXCLUSIVE: reads and writes go
-    -- on). Rows the block walk could not see (present before the setup but moved, or
-    -- written with triggers disabled) fail the proof; they are swept and it is retried.
+    -- Phase 3: prove every row has its twin. A NOT VALID check "plaintext present =>
+    -- twin present" (for a NOT NULL column: "twin present", the form SET NOT NULL can
+    -- use) is added under a brief lock, then validated under SHARE UPDATE EXCLUSIVE
+    -- (reads and writes go on). Rows the block walk could not see (written with
+    -- triggers disabled) fail the proof; they are swept and it is retried.
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint
+                    WHERE conrelid = tbl AND conname = pg_catalog.left(r.twin_column || '_check', 63)) THEN
+        LOOP
+            BEGIN
+                SET LOCAL lock_timeout = '2s';
+                EXECUTE pg_catalog.format('ALTER TABLE %s ADD CONSTRAINT %I CHECK (%s) NOT VALID',
+                    tbl, pg_catalog.left(r.twin_column || '_check', 63),
+                    CASE WHEN r.original_not_null THEN pg_catalog.format('%I IS NOT NULL', r.twin_column)
+                         ELSE pg_catalog.format('%I IS NULL OR %I IS NOT NULL', col, r.twin_column) END);
+                EXIT;
+            EXCEPTION WHEN lock_not_available THEN
+                attempts := attempts + 1;
+                IF attempts >= 30 THEN
+                    RAISE EXCEPTION 'could not lock % to add the completeness check after % attempts', tbl, attempts
+                        USING ERRCODE = 'lock_not_available',
+                              HINT = 'The backfill is complete and kept in sync; call dscsa.protect_column again when the table is less busy.';
+                END IF;
+            END;
+            PERFORM pg_catalog.pg_sleep(0.5);
+        END LOOP;
+        COMMIT;
+        attempts := 0;
+    END IF;
     BEGIN
         EXECUTE pg_catalog.format('ALTER TABLE %s VALIDATE CONSTRAINT %I', tbl, pg_catalog.left(r.twin_column || '_check', 63));
     EXCEPTION WHEN check_violation THEN

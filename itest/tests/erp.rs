@@ -66,8 +66,9 @@ fn online_protection_killed_mid_backfill_resumes_without_losing_a_row() {
                     &[&target],
                 )
                 .expect("update saved");
-                // An update of another column only: the row must get its twin (the
-                // migration's check constraint would refuse the new row version otherwise).
+                // An update of another column only (the sync trigger does not fire): the row
+                // may move to a block the backfill already walked, which the completeness
+                // proof must catch.
                 tx.execute(
                     "UPDATE unit SET status = 'shipped' WHERE id = $1",
                     &[&(1 + (i * 3571) % 100_000)],
@@ -148,6 +149,23 @@ fn online_protection_killed_mid_backfill_resumes_without_losing_a_row() {
             "CALL dscsa.protect_column('unit', 'serial', kind => 'lot', blind_index_key => 'bk')"
         )),
         "55000"
+    );
+
+    // A row written with triggers disabled (as logical replication's apply can do) has no
+    // twin and is invisible to the block walk; the completeness proof must catch it.
+    c.batch_execute(
+        "SET session_replication_role = replica;
+         INSERT INTO unit (id, lot_id, serial) VALUES (3000000, 1, 'REPLICATED-1');
+         RESET session_replication_role;
+         INSERT INTO saved_units VALUES (3000000, 'REPLICATED-1', NULL);",
+    )
+    .expect("row without trigger");
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM unit WHERE id = 3000000 AND serial_dscsa_new IS NULL"
+        ),
+        1
     );
 
     // Run 2 resumes and cuts over.
