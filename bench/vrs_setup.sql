@@ -39,7 +39,11 @@ BEGIN
         RETURN;
     END IF;
     lot_ok := unit.lot = vrs_plain_verify.lot;
-    expiry_ok := to_char(unit.expiry, 'YYMMDD') = vrs_plain_verify.expiry;
+    -- The same rule as examples/vrs.sql, including day 00.
+    expiry_ok := to_char(unit.expiry, 'YYMMDD') = vrs_plain_verify.expiry
+        OR (right(vrs_plain_verify.expiry, 2) = '00'
+            AND to_char(unit.expiry, 'YYMM') = left(vrs_plain_verify.expiry, 4)
+            AND extract(day FROM unit.expiry + 1) = 1);
     RETURN QUERY SELECT lot_ok AND expiry_ok,
         CASE WHEN lot_ok AND expiry_ok THEN NULL
              WHEN NOT lot_ok AND NOT expiry_ok THEN 'No_match_GTIN_Serial_Lot_Expiry'

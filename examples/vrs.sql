@@ -38,26 +38,6 @@ BEGIN
 END
 $$;
 
--- Whether a stored expiry (ISO date) matches a requested GS1 YYMMDD, where day 00
--- means the last day of the month. PL/pgSQL rather than SQL: a SQL function that cannot
--- be inlined is parsed and planned again on every call.
-CREATE OR REPLACE FUNCTION vrs.expiry_matches(stored text, requested text) RETURNS boolean
-    LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
-AS $$
-DECLARE
-    s text := dscsa.normalize_identifier(stored, 'expiry');
-    r text := dscsa.normalize_identifier(requested, 'expiry');
-BEGIN
-    IF right(r, 2) = '00' THEN
-        -- Same year and month, and the stored day is the month's last.
-        RETURN left(s, 4) = left(r, 4)
-           AND right(s, 2) = to_char(date_trunc('month', make_date(2000 + left(s, 2)::int, substr(s, 3, 2)::int, 1))
-                                     + interval '1 month - 1 day', 'DD');
-    END IF;
-    RETURN s = r;
-END
-$$;
-
 CREATE OR REPLACE FUNCTION vrs.verify(gtin text, serial text, lot text, expiry text)
     RETURNS TABLE (verified boolean, verification_failure_reason text)
     LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
@@ -70,6 +50,8 @@ DECLARE
     candidate bytea;
     matched boolean := false;
     unit record;
+    stored_expiry text;
+    want_expiry text := dscsa.normalize_identifier(verify.expiry, 'expiry');
     lot_ok boolean;
     expiry_ok boolean;
 BEGIN
@@ -92,7 +74,13 @@ BEGIN
         RETURN;
     END IF;
     lot_ok := dscsa.dscsa_decrypt(unit.lot) = dscsa.normalize_identifier(verify.lot, 'lot');
-    expiry_ok := vrs.expiry_matches(dscsa.dscsa_decrypt(unit.expiry), verify.expiry);
+    -- Expiry: YYMMDD equal, or requested day 00 (GS1: the last day of that month) and the
+    -- stored date is the last day of the requested month.
+    stored_expiry := dscsa.dscsa_decrypt(unit.expiry);
+    expiry_ok := dscsa.normalize_identifier(stored_expiry, 'expiry') = want_expiry
+        OR (right(want_expiry, 2) = '00'
+            AND left(dscsa.normalize_identifier(stored_expiry, 'expiry'), 4) = left(want_expiry, 4)
+            AND extract(day FROM stored_expiry::date + 1) = 1);
     RETURN QUERY SELECT lot_ok AND expiry_ok,
         CASE WHEN lot_ok AND expiry_ok THEN NULL
              WHEN NOT lot_ok AND NOT expiry_ok THEN 'No_match_GTIN_Serial_Lot_Expiry'

@@ -2,6 +2,7 @@
 # Benchmarks pg_dscsa against plaintext and pgcrypto baselines in one run on the same
 # data (bench/bench.sql). Timings are printed, never asserted: these machines are noisy.
 #   ROWS=1000000 REPS=5 bash scripts/bench.sh
+#   BENCH_ONLY=micro|migration|vrs runs one part (default: all three)
 source "$(dirname "$0")/common.sh"
 require_root
 cd "${REPO_ROOT}"
@@ -24,16 +25,23 @@ start_cluster "${BENCH_ROOT}/data" "${BENCH_PORT}" \
     "shared_buffers = '1GB'" "work_mem = '64MB'" "max_parallel_workers_per_gather = 0" \
     "dscsa.kms_command = '${PG_BIN}/pg_dscsa_devkms --kek-file ${BENCH_ROOT}/kms/dev.kek'"
 
+wants() { [[ -z "${BENCH_ONLY:-}" || "${BENCH_ONLY}" == "$1" ]]; }
+as_postgres psql -X -q -h /tmp -p "${BENCH_PORT}" -d postgres -v ON_ERROR_STOP=1 \
+    -c "CREATE EXTENSION pg_dscsa" -c "SELECT dscsa.create_key('bench')"
+if wants micro; then
 log "Running bench/bench.sql with ${ROWS} rows, median of ${REPS} runs"
-as_postgres psql -X -q -h /tmp -p "${BENCH_PORT}" -d postgres -c "CREATE EXTENSION pg_dscsa"
 as_postgres psql -X -q -h /tmp -p "${BENCH_PORT}" -d postgres -v ON_ERROR_STOP=1 \
     -v rows="${ROWS}" -v reps="${REPS}" -f "${REPO_ROOT}/bench/bench.sql"
+fi
 
 MROWS="${MROWS:-${ROWS}}"
+if wants migration; then
 log "Migration benchmark (bench/migration.sql) with ${MROWS} rows"
 as_postgres psql -X -q -h /tmp -p "${BENCH_PORT}" -d postgres -v ON_ERROR_STOP=1 \
     -v mrows="${MROWS}" -f "${REPO_ROOT}/bench/migration.sql"
+fi
 
+if ! wants vrs; then exit 0; fi
 VRS_ROWS="${VRS_ROWS:-${ROWS}}"
 CLIENTS="${CLIENTS:-8}"
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-30}"

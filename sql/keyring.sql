@@ -47,6 +47,27 @@ CREATE FUNCTION dscsa._wrap_new_key(key_id integer, key_name text, version integ
 CREATE FUNCTION dscsa._keyring_changed() RETURNS void
     VOLATILE STRICT PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'keyring_changed_wrapper';
 
+-- Locks the keyring against concurrent key creation and checks a new key's name: well
+-- formed and not taken (by a key of any purpose). Shared by the create_* functions.
+CREATE FUNCTION dscsa._claim_key_name(key_name text) RETURNS void
+    LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    LOCK TABLE dscsa.keyring IN SHARE ROW EXCLUSIVE MODE;
+    IF EXISTS (SELECT 1 FROM dscsa.keyring k WHERE k.key_name = _claim_key_name.key_name) THEN
+        RAISE EXCEPTION 'key "%" already exists', _claim_key_name.key_name
+            USING ERRCODE = 'duplicate_object',
+                  HINT = 'Use dscsa.rotate_key() to add a new version.';
+    END IF;
+    IF _claim_key_name.key_name !~ '^[A-Za-z0-9_.:-]{1,63}$' THEN
+        RAISE EXCEPTION 'invalid key name'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A key name is 1 to 63 characters of A-Z a-z 0-9 _ . : -';
+    END IF;
+END
+$$;
+
 CREATE FUNCTION dscsa.create_key(key_name text, kek text DEFAULT 'dev')
     RETURNS integer
     LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
@@ -56,17 +77,7 @@ DECLARE
     new_id integer;
     w record;
 BEGIN
-    LOCK TABLE dscsa.keyring IN SHARE ROW EXCLUSIVE MODE;
-    IF EXISTS (SELECT 1 FROM dscsa.keyring k WHERE k.key_name = create_key.key_name) THEN
-        RAISE EXCEPTION 'key "%" already exists', create_key.key_name
-            USING ERRCODE = 'duplicate_object',
-                  HINT = 'Use dscsa.rotate_key() to add a new version.';
-    END IF;
-    IF create_key.key_name !~ '^[A-Za-z0-9_.:-]{1,63}$' THEN
-        RAISE EXCEPTION 'invalid key name'
-            USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = 'A key name is 1 to 63 characters of A-Z a-z 0-9 _ . : -';
-    END IF;
+    PERFORM dscsa._claim_key_name(create_key.key_name);
     new_id := nextval('dscsa.keyring_key_id_seq');
     SELECT * INTO STRICT w FROM dscsa._wrap_new_key(new_id, create_key.key_name, 1, create_key.kek);
     INSERT INTO dscsa.keyring (key_id, key_name, version, status, kek_ref, wrapped_key, key_check)
@@ -131,15 +142,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'See docs/BLIND_INDEX.md for choosing it; 16 suits tables up to billions of rows.';
     END IF;
-    LOCK TABLE dscsa.keyring IN SHARE ROW EXCLUSIVE MODE;
-    IF EXISTS (SELECT 1 FROM dscsa.keyring k WHERE k.key_name = create_blind_index_key.key_name) THEN
-        RAISE EXCEPTION 'key "%" already exists', create_blind_index_key.key_name
-            USING ERRCODE = 'duplicate_object', HINT = 'Use dscsa.rotate_key() to add a new version.';
-    END IF;
-    IF create_blind_index_key.key_name !~ '^[A-Za-z0-9_.:-]{1,63}$' THEN
-        RAISE EXCEPTION 'invalid key name' USING ERRCODE = 'invalid_parameter_value',
-            DETAIL = 'A key name is 1 to 63 characters of A-Z a-z 0-9 _ . : -';
-    END IF;
+    PERFORM dscsa._claim_key_name(create_blind_index_key.key_name);
     new_id := nextval('dscsa.keyring_key_id_seq');
     SELECT * INTO STRICT w FROM dscsa._wrap_new_key(new_id, create_blind_index_key.key_name, 1, kek);
     INSERT INTO dscsa.keyring (key_id, key_name, version, purpose, blind_index_length, status,
@@ -165,14 +168,7 @@ DECLARE
     new_id integer;
     w record;
 BEGIN
-    LOCK TABLE dscsa.keyring IN SHARE ROW EXCLUSIVE MODE;
-    IF EXISTS (SELECT 1 FROM dscsa.keyring k WHERE k.key_name = import_key.key_name) THEN
-        RAISE EXCEPTION 'key "%" already exists', import_key.key_name USING ERRCODE = 'duplicate_object';
-    END IF;
-    IF import_key.key_name !~ '^[A-Za-z0-9_.:-]{1,63}$' THEN
-        RAISE EXCEPTION 'invalid key name' USING ERRCODE = 'invalid_parameter_value',
-            DETAIL = 'A key name is 1 to 63 characters of A-Z a-z 0-9 _ . : -';
-    END IF;
+    PERFORM dscsa._claim_key_name(import_key.key_name);
     new_id := nextval('dscsa.keyring_key_id_seq');
     SELECT * INTO STRICT w FROM dscsa._wrap_imported_key(new_id, import_key.key_name, 1, reference, kek);
     INSERT INTO dscsa.keyring (key_id, key_name, version, purpose, external_ref, status,
