@@ -169,3 +169,48 @@ proptest! {
         let _ = Envelope::parse(&bytes);
     }
 }
+
+/// docs/BLIND_INDEX.md test vectors, computed independently by docs/vectors.py with
+/// Python's hmac module. The value is given un-normalized, so normalization is covered.
+#[test]
+fn blind_index_md_vectors() {
+    use dscsa_core::blind::BlindIndexKey;
+    let cases: [(&str, u32, FieldKind, &str, usize, &str); 4] = [
+        (
+            "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+            7,
+            FieldKind::Serial,
+            "SN0000000001",
+            16,
+            "00000007d27054844d64c1477304798443be1e54",
+        ),
+        (
+            "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+            1,
+            FieldKind::Gtin,
+            "300010123455",
+            16,
+            "00000001cc08d3016ff56f7a20bb17c78380ff67",
+        ),
+        (
+            "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+            0x0102,
+            FieldKind::Expiry,
+            "2027-03-31",
+            8,
+            "000001026ff90014898133d6",
+        ),
+        (
+            "7f7f7f7f7f7f7f7f7f7f7f7f7f7f7f7f7f7f7f7f7f7f7f7f7f7f7f7f7f7f7f7f",
+            9,
+            FieldKind::Lot,
+            " A1B2C3 ",
+            32,
+            "000000098004652e906325dc763d8bb88ef728580c2fbfcaf614a9770c50ce9f95cfc101",
+        ),
+    ];
+    for (key, key_id, kind, value, length, expected) in cases {
+        let k = BlindIndexKey::from_bytes(&hex(key), length).expect("key");
+        assert_eq!(k.compute(key_id, kind, value), hex(expected), "{value:?}");
+    }
+}
