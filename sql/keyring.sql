@@ -49,6 +49,25 @@ CREATE FUNCTION dscsa._keyring_changed() RETURNS void
 
 -- Locks the keyring against concurrent key creation and checks a new key's name: well
 -- formed and not taken (by a key of any purpose). Shared by the create_* functions.
+-- Whether the statement runs inside a transaction block (BEGIN, or several statements
+-- sent as one), where the procedures that commit per batch cannot run.
+CREATE FUNCTION dscsa._in_transaction_block() RETURNS boolean
+    VOLATILE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'in_transaction_block_wrapper';
+
+-- Refuses, before anything changes, to run a procedure that commits per batch inside a
+-- transaction block (where its first COMMIT would fail half-way).
+CREATE FUNCTION dscsa._require_own_transaction(what text) RETURNS void
+    LANGUAGE plpgsql VOLATILE STRICT PARALLEL RESTRICTED
+AS $$
+BEGIN
+    IF dscsa._in_transaction_block() THEN
+        RAISE EXCEPTION '% commits after every batch and cannot run inside a transaction block', what
+            USING ERRCODE = 'active_sql_transaction',
+                  HINT = 'Run the CALL as a statement of its own, outside BEGIN ... COMMIT and not batched with other statements.';
+    END IF;
+END
+$$;
+
 CREATE FUNCTION dscsa._claim_key_name(key_name text) RETURNS void
     LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -404,6 +423,7 @@ BEGIN
     IF batch_size < 1 THEN
         RAISE EXCEPTION 'batch_size must be positive' USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    PERFORM dscsa._require_own_transaction('dscsa.reencrypt');
     SELECT a.atttypid::regtype INTO col_type
       FROM pg_catalog.pg_attribute a
      WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;

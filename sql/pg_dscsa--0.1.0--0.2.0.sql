@@ -224,6 +224,7 @@ BEGIN
     IF batch_size < 1 THEN
         RAISE EXCEPTION 'batch_size must be positive' USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    PERFORM dscsa._require_own_transaction('dscsa.reencrypt');
     SELECT a.atttypid::regtype INTO col_type
       FROM pg_catalog.pg_attribute a
      WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
@@ -312,6 +313,25 @@ CREATE FUNCTION dscsa._keyring_changed() RETURNS void
 
 -- Locks the keyring against concurrent key creation and checks a new key's name: well
 -- formed and not taken (by a key of any purpose). Shared by the create_* functions.
+-- Whether the statement runs inside a transaction block (BEGIN, or several statements
+-- sent as one), where the procedures that commit per batch cannot run.
+CREATE FUNCTION dscsa._in_transaction_block() RETURNS boolean
+    VOLATILE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'in_transaction_block_wrapper';
+
+-- Refuses, before anything changes, to run a procedure that commits per batch inside a
+-- transaction block (where its first COMMIT would fail half-way).
+CREATE FUNCTION dscsa._require_own_transaction(what text) RETURNS void
+    LANGUAGE plpgsql VOLATILE STRICT PARALLEL RESTRICTED
+AS $$
+BEGIN
+    IF dscsa._in_transaction_block() THEN
+        RAISE EXCEPTION '% commits after every batch and cannot run inside a transaction block', what
+            USING ERRCODE = 'active_sql_transaction',
+                  HINT = 'Run the CALL as a statement of its own, outside BEGIN ... COMMIT and not batched with other statements.';
+    END IF;
+END
+$$;
+
 CREATE FUNCTION dscsa._claim_key_name(key_name text) RETURNS void
     LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -726,6 +746,9 @@ BEGIN
     IF batch_size < 1 THEN
         RAISE EXCEPTION 'batch_size must be positive' USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF mode = 'online' THEN
+        PERFORM dscsa._require_own_transaction('dscsa.protect_column(..., mode => ''online'')');
+    END IF;
     SELECT * INTO r FROM dscsa.protected_columns p WHERE p.relid = tbl AND p.column_name = col;
     IF FOUND AND r.state = 'protected' THEN
         RAISE NOTICE 'dscsa.protect_column: %.% is already protected', tbl, col;
@@ -1010,7 +1033,7 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'An online protection in progress is rolled back with dscsa.abort_protect_column().';
     END IF;
-    IF r.view_name IS NOT NULL THEN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = r.view_name) THEN
         RAISE EXCEPTION 'drop the generated view % first', r.view_name USING ERRCODE = 'dependent_objects_still_exist';
     END IF;
     EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS %I ON %s', pg_catalog.left('dscsa_bidx_' || col, 63), tbl);
@@ -1205,6 +1228,7 @@ BEGIN
         RAISE EXCEPTION '%.% is not a protected column with a blind index', tbl, col
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
+    PERFORM dscsa._require_own_transaction('dscsa.reindex_blind');
     active_prefix := pg_catalog.int4send(dscsa._active_key_id(r.blind_index_key));
     EXECUTE pg_catalog.format('SELECT count(*) FROM %s WHERE %I IS NOT NULL AND pg_catalog.substr(%I, 1, 4) <> $1',
         tbl, r.blind_index_column, r.blind_index_column) INTO total USING active_prefix;
@@ -1288,7 +1312,8 @@ COMMENT ON FUNCTION dscsa.verify_column(regclass, name, text) IS
 -- ===== privileges (sql/privileges.sql) =====
 REVOKE ALL ON ALL ROUTINES IN SCHEMA dscsa FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA dscsa FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION dscsa._key_meta(integer), dscsa.normalize_identifier(text, text)
+GRANT EXECUTE ON FUNCTION dscsa._key_meta(integer), dscsa.normalize_identifier(text, text),
+    dscsa._in_transaction_block(), dscsa._require_own_transaction(text)
     TO dscsa_admin, dscsa_writer, dscsa_reader;
 -- Blind-index lookups (reveal an HMAC, never a value) for applications that read or write.
 GRANT EXECUTE ON FUNCTION dscsa.blind_index(text, text, text),

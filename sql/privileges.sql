@@ -42,7 +42,8 @@ GRANT EXECUTE ON FUNCTION
     dscsa.armor(dscsa.encrypted), dscsa.dearmor(text),
     dscsa.load_key(text, text), dscsa.unload_key(text), dscsa.unload_all_keys(),
     dscsa.loaded_keys(), dscsa._key_exists(integer), dscsa._active_key_id(text),
-    dscsa._key_meta(integer), dscsa.normalize_identifier(text, text)
+    dscsa._key_meta(integer), dscsa.normalize_identifier(text, text),
+    dscsa._in_transaction_block(), dscsa._require_own_transaction(text)
     TO dscsa_admin, dscsa_writer, dscsa_reader;
 
 GRANT EXECUTE ON FUNCTION

@@ -237,6 +237,9 @@ BEGIN
     IF batch_size < 1 THEN
         RAISE EXCEPTION 'batch_size must be positive' USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF mode = 'online' THEN
+        PERFORM dscsa._require_own_transaction('dscsa.protect_column(..., mode => ''online'')');
+    END IF;
     SELECT * INTO r FROM dscsa.protected_columns p WHERE p.relid = tbl AND p.column_name = col;
     IF FOUND AND r.state = 'protected' THEN
         RAISE NOTICE 'dscsa.protect_column: %.% is already protected', tbl, col;
@@ -521,7 +524,7 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'An online protection in progress is rolled back with dscsa.abort_protect_column().';
     END IF;
-    IF r.view_name IS NOT NULL THEN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = r.view_name) THEN
         RAISE EXCEPTION 'drop the generated view % first', r.view_name USING ERRCODE = 'dependent_objects_still_exist';
     END IF;
     EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS %I ON %s', pg_catalog.left('dscsa_bidx_' || col, 63), tbl);

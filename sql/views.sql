@@ -172,6 +172,7 @@ BEGIN
         RAISE EXCEPTION '%.% is not a protected column with a blind index', tbl, col
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
+    PERFORM dscsa._require_own_transaction('dscsa.reindex_blind');
     active_prefix := pg_catalog.int4send(dscsa._active_key_id(r.blind_index_key));
     EXECUTE pg_catalog.format('SELECT count(*) FROM %s WHERE %I IS NOT NULL AND pg_catalog.substr(%I, 1, 4) <> $1',
         tbl, r.blind_index_column, r.blind_index_column) INTO total USING active_prefix;

@@ -342,3 +342,12 @@ fn rewrap_key(
     .or_raise();
     TableIterator::once(wrap_and_verify(key_id, key_name, version, new_kek, &key))
 }
+
+/// `dscsa._in_transaction_block()`: whether the current statement runs inside an explicit
+/// or implicit transaction block, where procedures that COMMIT as they go cannot run.
+/// Lets them refuse with a clear message before doing anything.
+#[pg_extern(sql = false)]
+fn in_transaction_block() -> bool {
+    // SAFETY: reads the backend's transaction state only.
+    unsafe { pg_sys::IsTransactionBlock() }
+}

@@ -521,3 +521,115 @@ fn blind_index_equality_in_and_join() {
         "22023"
     );
 }
+
+#[test]
+fn an_unfinished_online_protection_can_be_aborted_and_batched_calls_are_refused() {
+    let (db, mut c) = erp_db("abort", 20_000);
+    // Inside a transaction block the online mode refuses before changing anything.
+    assert_eq!(
+        sqlstate(c.batch_execute(
+            "SELECT 1; CALL dscsa.protect_column('unit', 'note', kind => 'generic', mode => 'online')"
+        )),
+        "25001"
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM dscsa.protected_columns"),
+        0
+    );
+
+    // Interrupt a run half-way: once its setup has committed, another transaction locks a
+    // row near the end of the table, the backfill waits there, and it is cancelled.
+    let mut runner = connect(&db, "postgres");
+    runner
+        .batch_execute("SET dscsa.key_name = 'k'; SELECT dscsa.load_key('k')")
+        .expect("runner keys");
+    let runner_pid: i32 = runner
+        .query_one("SELECT pg_backend_pid()", &[])
+        .expect("pid")
+        .get(0);
+    let run = std::thread::spawn(move || {
+        runner.batch_execute("CALL dscsa.protect_column('unit', 'note', batch_size => 100)")
+    });
+    let mut holder = connect(&db, "postgres");
+    while count(&mut holder, "SELECT count(*) FROM dscsa.protected_columns") == 0 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let mut tx = holder.transaction().expect("tx");
+    tx.execute("SELECT 1 FROM unit WHERE id = 19990 FOR UPDATE", &[])
+        .expect("lock");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    c.execute("SELECT pg_cancel_backend($1)", &[&runner_pid])
+        .expect("cancel");
+    let cancelled = run.join().expect("runner thread");
+    assert_eq!(sqlstate(cancelled), "57014");
+    tx.rollback().expect("release");
+
+    let state: String = c
+        .query_one(
+            "SELECT state FROM dscsa.protected_columns WHERE relid = 'unit'::regclass",
+            &[],
+        )
+        .expect("state")
+        .get(0);
+    assert_eq!(state, "backfilling");
+    assert!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM unit WHERE note_dscsa_new IS NOT NULL"
+        ) > 0
+    );
+    // Abort: twin, trigger and registry entry go; the plaintext column is as it was.
+    c.batch_execute("CALL dscsa.abort_protect_column('unit', 'note')")
+        .expect("abort");
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = 'unit'::regclass AND attname = 'note_dscsa_new' AND NOT attisdropped"
+        ),
+        0
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'unit'::regclass AND NOT tgisinternal"
+        ),
+        0
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM dscsa.protected_columns"),
+        0
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM unit u JOIN saved_units s USING (id) WHERE u.note IS DISTINCT FROM s.note"
+        ),
+        0
+    );
+    // The column can be protected afresh; a generated view blocks reverting it.
+    c.batch_execute("CALL dscsa.protect_column('unit', 'note', batch_size => 5000)")
+        .expect("protect again");
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM unit u JOIN saved_units s USING (id) WHERE dscsa_decrypt(u.note) IS DISTINCT FROM s.note"
+        ),
+        0
+    );
+    c.batch_execute("SELECT dscsa.create_view('unit')")
+        .expect("view");
+    assert_eq!(
+        sqlstate(c.batch_execute("CALL dscsa.unprotect_column('unit', 'note')")),
+        "2BP01"
+    );
+    c.batch_execute("DROP VIEW unit_plain").expect("drop view");
+    c.batch_execute("CALL dscsa.unprotect_column('unit', 'note')")
+        .expect("unprotect");
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM unit u JOIN saved_units s USING (id) WHERE u.note IS DISTINCT FROM s.note"
+        ),
+        0
+    );
+}
