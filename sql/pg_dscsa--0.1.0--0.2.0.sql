@@ -1034,7 +1034,9 @@ BEGIN
                   HINT = 'An online protection in progress is rolled back with dscsa.abort_protect_column().';
     END IF;
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = r.view_name) THEN
-        RAISE EXCEPTION 'drop the generated view % first', r.view_name USING ERRCODE = 'dependent_objects_still_exist';
+        RAISE EXCEPTION 'drop the generated view % first', r.view_name
+            USING ERRCODE = 'dependent_objects_still_exist',
+                  HINT = pg_catalog.format('SELECT dscsa.drop_view(%L);', tbl::text);
     END IF;
     EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS %I ON %s', pg_catalog.left('dscsa_bidx_' || col, 63), tbl);
     EXECUTE pg_catalog.format('ALTER TABLE %1$s ALTER COLUMN %2$I TYPE %3$s USING dscsa.dscsa_decrypt(%2$I, %4$L)::%3$s',
@@ -1206,6 +1208,34 @@ $$;
 COMMENT ON FUNCTION dscsa.create_view(regclass, name) IS
     'Creates or regenerates the security_invoker view of a protected table (decrypted columns, writable through INSTEAD OF triggers); keeps grants, owner and comment.';
 
+-- Drops the generated view of a table and its INSTEAD OF trigger function (which
+-- DROP VIEW alone would leave behind). Fails, changing nothing, if other views depend on it.
+CREATE FUNCTION dscsa.drop_view(tbl regclass)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
+AS $$
+DECLARE
+    v oid;
+    nsp name;
+    vname name;
+BEGIN
+    SELECT c.oid, n.nspname, c.relname INTO v, nsp, vname
+      FROM dscsa.protected_columns p
+      JOIN pg_catalog.pg_class c ON c.oid = p.view_name
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     WHERE p.relid = tbl
+     LIMIT 1;
+    IF v IS NULL THEN
+        RAISE EXCEPTION '% has no generated view', tbl USING ERRCODE = 'undefined_object';
+    END IF;
+    EXECUTE pg_catalog.format('DROP VIEW %I.%I', nsp, vname);
+    EXECUTE pg_catalog.format('DROP FUNCTION IF EXISTS %I.%I()', nsp, pg_catalog.left(vname || '_dscsa_write', 63));
+    UPDATE dscsa.protected_columns p SET view_name = NULL WHERE p.relid = tbl;
+END
+$$;
+COMMENT ON FUNCTION dscsa.drop_view(regclass) IS
+    'Drops the generated view of a protected table and its trigger function.';
+
 -- Blind-index key rotation: after dscsa.rotate_key(<blind-index key>), recomputes the
 -- blind indexes still under older versions, in committed batches. Lookups written with
 -- dscsa.blind_index_candidates() find rows under either version throughout.
@@ -1330,6 +1360,7 @@ GRANT EXECUTE ON FUNCTION dscsa.authenticate(dscsa.encrypted), dscsa.authenticat
 GRANT EXECUTE ON FUNCTION dscsa.create_blind_index_key(text, integer, text),
     dscsa.import_key(text, text, text), dscsa.rotate_kek(text, text),
     dscsa.protect_column_problems(regclass, name, text), dscsa.create_view(regclass, name),
+    dscsa.drop_view(regclass),
     dscsa._encrypt_function(text), dscsa._encrypted_type(text), dscsa._plaintext_expr(name, regtype, text),
     dscsa._carried_index(regclass, name), dscsa._raise_problems(regclass, name, text),
     dscsa._finish_protection(dscsa.protected_columns),

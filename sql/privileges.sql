@@ -90,6 +90,7 @@ GRANT EXECUTE ON FUNCTION dscsa.authenticate(dscsa.encrypted), dscsa.authenticat
 GRANT EXECUTE ON FUNCTION dscsa.create_blind_index_key(text, integer, text),
     dscsa.import_key(text, text, text), dscsa.rotate_kek(text, text),
     dscsa.protect_column_problems(regclass, name, text), dscsa.create_view(regclass, name),
+    dscsa.drop_view(regclass),
     dscsa._encrypt_function(text), dscsa._encrypted_type(text), dscsa._plaintext_expr(name, regtype, text),
     dscsa._carried_index(regclass, name), dscsa._raise_problems(regclass, name, text),
     dscsa._finish_protection(dscsa.protected_columns),

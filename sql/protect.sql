@@ -525,7 +525,9 @@ BEGIN
                   HINT = 'An online protection in progress is rolled back with dscsa.abort_protect_column().';
     END IF;
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = r.view_name) THEN
-        RAISE EXCEPTION 'drop the generated view % first', r.view_name USING ERRCODE = 'dependent_objects_still_exist';
+        RAISE EXCEPTION 'drop the generated view % first', r.view_name
+            USING ERRCODE = 'dependent_objects_still_exist',
+                  HINT = pg_catalog.format('SELECT dscsa.drop_view(%L);', tbl::text);
     END IF;
     EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS %I ON %s', pg_catalog.left('dscsa_bidx_' || col, 63), tbl);
     EXECUTE pg_catalog.format('ALTER TABLE %1$s ALTER COLUMN %2$I TYPE %3$s USING dscsa.dscsa_decrypt(%2$I, %4$L)::%3$s',

@@ -150,6 +150,34 @@ $$;
 COMMENT ON FUNCTION dscsa.create_view(regclass, name) IS
     'Creates or regenerates the security_invoker view of a protected table (decrypted columns, writable through INSTEAD OF triggers); keeps grants, owner and comment.';
 
+-- Drops the generated view of a table and its INSTEAD OF trigger function (which
+-- DROP VIEW alone would leave behind). Fails, changing nothing, if other views depend on it.
+CREATE FUNCTION dscsa.drop_view(tbl regclass)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
+AS $$
+DECLARE
+    v oid;
+    nsp name;
+    vname name;
+BEGIN
+    SELECT c.oid, n.nspname, c.relname INTO v, nsp, vname
+      FROM dscsa.protected_columns p
+      JOIN pg_catalog.pg_class c ON c.oid = p.view_name
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     WHERE p.relid = tbl
+     LIMIT 1;
+    IF v IS NULL THEN
+        RAISE EXCEPTION '% has no generated view', tbl USING ERRCODE = 'undefined_object';
+    END IF;
+    EXECUTE pg_catalog.format('DROP VIEW %I.%I', nsp, vname);
+    EXECUTE pg_catalog.format('DROP FUNCTION IF EXISTS %I.%I()', nsp, pg_catalog.left(vname || '_dscsa_write', 63));
+    UPDATE dscsa.protected_columns p SET view_name = NULL WHERE p.relid = tbl;
+END
+$$;
+COMMENT ON FUNCTION dscsa.drop_view(regclass) IS
+    'Drops the generated view of a protected table and its trigger function.';
+
 -- Blind-index key rotation: after dscsa.rotate_key(<blind-index key>), recomputes the
 -- blind indexes still under older versions, in committed batches. Lookups written with
 -- dscsa.blind_index_candidates() find rows under either version throughout.

@@ -622,7 +622,20 @@ fn an_unfinished_online_protection_can_be_aborted_and_batched_calls_are_refused(
         sqlstate(c.batch_execute("CALL dscsa.unprotect_column('unit', 'note')")),
         "2BP01"
     );
-    c.batch_execute("DROP VIEW unit_plain").expect("drop view");
+    c.batch_execute("SELECT dscsa.drop_view('unit')")
+        .expect("drop view");
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM pg_proc WHERE proname = 'unit_plain_dscsa_write'"
+        ),
+        0,
+        "the view's trigger function went with it"
+    );
+    assert_eq!(
+        sqlstate(c.batch_execute("SELECT dscsa.drop_view('unit')")),
+        "42704"
+    );
     c.batch_execute("CALL dscsa.unprotect_column('unit', 'note')")
         .expect("unprotect");
     assert_eq!(
