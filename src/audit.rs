@@ -1,7 +1,6 @@
 //! Integrity checks for auditors and for imports: authenticating a value without
 //! revealing it, and converting values encrypted by other applications.
 
-use dscsa_core::envelope::FieldKind;
 use dscsa_core::import::open_foreign;
 use dscsa_core::Error;
 use pgrx::pg_sys;
@@ -40,10 +39,9 @@ pg_v1_function!(fn dscsa_import_json, pg_finfo_dscsa_import_json, |fcinfo| unsaf
         .unwrap_or_else(|| raise(Error::InvalidArgument("value is NULL".into())));
     let import_key = std::str::from_utf8(arg_bytes(fcinfo, 1))
         .unwrap_or_else(|_| raise(Error::InvalidArgument("bad import key name".into())));
-    let kind = std::str::from_utf8(arg_bytes(fcinfo, 2))
-        .ok()
-        .and_then(FieldKind::from_name)
-        .unwrap_or_else(|| raise(Error::InvalidArgument("kind must be one of generic, gtin, serial, lot, expiry".into())));
+    let kind = crate::blind::parse_kind(
+        std::str::from_utf8(arg_bytes(fcinfo, 2)).unwrap_or(""),
+    );
     let context = optional_arg_bytes(fcinfo, 3);
     let field = |name: &str| {
         json.0

@@ -9,7 +9,8 @@ use pgrx::prelude::*;
 use crate::error::{raise, OrRaise};
 use crate::keys;
 
-fn kind(name: &str) -> FieldKind {
+/// A field kind by name, or 22023.
+pub(crate) fn parse_kind(name: &str) -> FieldKind {
     FieldKind::from_name(name).unwrap_or_else(|| {
         raise(Error::InvalidArgument(
             "kind must be one of generic, gtin, serial, lot, expiry".into(),
@@ -17,13 +18,18 @@ fn kind(name: &str) -> FieldKind {
     })
 }
 
-/// Blind index of `value` under the active version of `key_name`.
-#[pg_extern(sql = false)]
-fn blind_index(value: &str, key_name: &str, kind_name: &str) -> Vec<u8> {
-    let kind = kind(kind_name);
+/// Blind index of `value` under the active version of `key_name` (after following a
+/// rotation); shared by the SQL function and the row triggers.
+pub(crate) fn active_blind_index(key_name: &str, kind: FieldKind, value: &str) -> Vec<u8> {
     crate::crypto::follow_rotation(key_name.as_bytes());
     keys::with_active_blind_key(key_name.as_bytes(), |id, key| key.compute(id, kind, value))
         .or_raise()
+}
+
+/// Blind index of `value` under the active version of `key_name`.
+#[pg_extern(sql = false)]
+fn blind_index(value: &str, key_name: &str, kind_name: &str) -> Vec<u8> {
+    active_blind_index(key_name, parse_kind(kind_name), value)
 }
 
 /// Blind indexes of `value` under every loaded version of `key_name`, active first:
@@ -31,7 +37,7 @@ fn blind_index(value: &str, key_name: &str, kind_name: &str) -> Vec<u8> {
 /// version indexed them, and still uses a btree index on the column.
 #[pg_extern(sql = false)]
 fn blind_index_candidates(value: &str, key_name: &str, kind_name: &str) -> Vec<Vec<u8>> {
-    let kind = kind(kind_name);
+    let kind = parse_kind(kind_name);
     crate::crypto::follow_rotation(key_name.as_bytes());
     let mut out = Vec::new();
     keys::for_each_blind_key(key_name.as_bytes(), |id, key| {
@@ -45,5 +51,5 @@ fn blind_index_candidates(value: &str, key_name: &str, kind_name: &str) -> Vec<V
 /// with a decrypted value the same way the index does).
 #[pg_extern(sql = false)]
 fn normalize_identifier(value: &str, kind_name: &str) -> String {
-    dscsa_core::blind::normalize(kind(kind_name), value).into_owned()
+    dscsa_core::blind::normalize(parse_kind(kind_name), value).into_owned()
 }

@@ -70,10 +70,16 @@ pub(crate) fn seal_varlena(
 pub(crate) fn open_transient(envelope: &[u8], context: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
     let env = Envelope::parse(envelope)?;
     check_context(context)?;
-    keys::with_key_id(env.key_id, |key| open(key, &env, context)).map_err(|e| match e {
+    keys::with_key_id(env.key_id, |key| open(key, &env, context)).map_err(explain_missing_key)?
+}
+
+/// Tells a key that is merely not loaded from a key id no keyring entry has (a modified
+/// header, or data without its keyring); asked only on this error path.
+fn explain_missing_key(e: Error) -> Error {
+    match e {
         Error::KeyVersionNotLoaded(id) if !keyring::key_exists(id) => Error::KeyNotInKeyring(id),
         other => other,
-    })?
+    }
 }
 
 /// # Safety
@@ -120,16 +126,8 @@ fn decrypt_to_text(
     }
     check_context(context)?;
     let (ptr, out) = new_varlena(env.plaintext_len());
-    keys::with_key_id(env.key_id, |key| open_into(key, &env, context, out)).map_err(
-        |e| match e {
-            // Tell a key that is merely not loaded from a key id no keyring entry has
-            // (a modified header, or data without its keyring): only on this error path.
-            Error::KeyVersionNotLoaded(id) if !keyring::key_exists(id) => {
-                Error::KeyNotInKeyring(id)
-            }
-            other => other,
-        },
-    )??;
+    keys::with_key_id(env.key_id, |key| open_into(key, &env, context, out))
+        .map_err(explain_missing_key)??;
     if !valid_in_database_encoding(out) {
         zeroize::Zeroize::zeroize(out);
         return Err(Error::InvalidTextEncoding);

@@ -19,11 +19,11 @@ use dscsa_core::Error;
 use pgrx::pg_sys;
 use zeroize::Zeroizing;
 
+use crate::blind::active_blind_index;
 use crate::crypto::{open_transient, seal_varlena};
 use crate::error::{raise, OrRaise};
 use crate::fmgr::{datum_bytes, pg_v1_function, varlena_from};
 use crate::keyring::ensure_loaded;
-use crate::keys;
 
 struct Trigger<'a> {
     data: &'a pg_sys::TriggerData,
@@ -198,10 +198,8 @@ fn plaintext_of(trigger: &Trigger<'_>, attnum: i32) -> Option<Zeroizing<Vec<u8>>
 /// The blind index of `plaintext` under the active version of `bidx_key`.
 fn blind_index_bytes(bidx_key: &str, kind: FieldKind, plaintext: &[u8]) -> Vec<u8> {
     ensure_loaded(bidx_key);
-    crate::crypto::follow_rotation(bidx_key.as_bytes());
     let text = std::str::from_utf8(plaintext).unwrap_or_else(|_| raise(Error::InvalidTextEncoding));
-    keys::with_active_blind_key(bidx_key.as_bytes(), |id, key| key.compute(id, kind, text))
-        .or_raise()
+    active_blind_index(bidx_key, kind, text)
 }
 
 fn blind_index_datum(bidx_key: &str, kind: FieldKind, plaintext: &[u8]) -> pg_sys::Datum {

@@ -29,7 +29,6 @@ const DOMAIN: &[u8] = b"pg_dscsa blind index 1\0";
 pub const MIN_LENGTH: usize = 8;
 /// Longest: the whole SHA-256 output.
 pub const MAX_LENGTH: usize = 32;
-pub const DEFAULT_LENGTH: usize = 16;
 /// Bytes of key id before the MAC.
 pub const PREFIX_LEN: usize = 4;
 
@@ -65,10 +64,6 @@ impl BlindIndexKey {
             key: Zeroizing::new(key),
             length,
         })
-    }
-
-    pub fn length(&self) -> usize {
-        self.length
     }
 
     /// The blind index of `value` (already normalized by the caller or not: this
