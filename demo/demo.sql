@@ -37,12 +37,26 @@ SELECT dscsa.create_key('default') AS key_id;
 -- The keyring holds only the wrapped key; the KEK never enters the database.
 SELECT key_id, key_name, version, status, kek_ref, octet_length(wrapped_key) AS wrapped_bytes
   FROM dscsa.keyring;
+-- A new key is usable by nobody until a key administrator grants it, per role and purpose.
+SELECT dscsa.grant_key('default', 'demo_packaging_line', 'encrypt'),
+       dscsa.grant_key('default', 'demo_pharmacist', 'decrypt');
+-- A second tenant's key, granted to nobody here: the roles above cannot load it.
+SELECT dscsa.create_key('other_tenant') AS other_key_id;
 
 \echo
 \echo '== 3. The packaging line loads the key through the hook and inserts rows =='
 \c - demo_packaging_line
 SET search_path = public, dscsa;
 SELECT dscsa.load_key('default') AS versions_loaded;
+-- Which keys this role may use, and what for (never key material).
+SELECT key_name, version, status, my_privileges FROM dscsa.keys;
+DO $$
+BEGIN
+    PERFORM dscsa.load_key('other_tenant');
+    RAISE EXCEPTION 'a role loaded a key not granted to it';
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'packaging line refused another tenant''s key: %', SQLERRM;
+END $$;
 INSERT INTO serialized_unit (gtin, serial, lot, expiry, biz_step)
 SELECT dscsa_encrypt_gtin('00300010123455'),
        dscsa_encrypt_serial('SN' || lpad(i::text, 10, '0')),
@@ -126,6 +140,7 @@ SET search_path = public, dscsa;
 SET dscsa.key_name = 'default';
 SELECT dscsa.load_key('default') AS versions_loaded;
 SELECT dscsa.create_blind_index_key('erp_serial_bidx') AS blind_index_key_id;
+SELECT dscsa.grant_key('erp_serial_bidx', 'demo_pharmacist', 'blind_index');
 SELECT dscsa.load_key('erp_serial_bidx') AS versions_loaded;
 CREATE TABLE erp_unit (id bigint PRIMARY KEY, serial text NOT NULL CONSTRAINT erp_unit_serial_key UNIQUE,
                        status text NOT NULL DEFAULT 'commissioned');

@@ -8,7 +8,9 @@
 -- only then decrypts lot and expiry of that one row to choose the reason.
 --
 -- Prerequisites: the pg_dscsa extension, a data key named by dscsa.key_name, and a
--- blind-index key 'vrs_bidx'. Run as a role with dscsa_admin and dscsa_writer:
+-- blind-index key 'vrs_bidx', granted to the roles that use them (dscsa.grant_key: the
+-- responder needs decrypt on the data key and blind_index on 'vrs_bidx'). Run as a role
+-- with dscsa_admin and dscsa_writer:
 --   \i examples/vrs.sql
 --   INSERT INTO vrs.product_units (gtin, serial, lot, expiry) VALUES (...);   -- plaintext
 --   CALL vrs.protect();                                                          -- encrypt
@@ -28,6 +30,7 @@ CREATE TABLE IF NOT EXISTS vrs.product_units (
 -- Encrypts the four identifier columns (in place: the example table is loaded first).
 CREATE OR REPLACE PROCEDURE vrs.protect(mode text DEFAULT 'in_place')
     LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     CALL dscsa.protect_column('vrs.product_units', 'gtin', kind => 'gtin', mode => mode);
@@ -41,6 +44,7 @@ $$;
 CREATE OR REPLACE FUNCTION vrs.verify(gtin text, serial text, lot text, expiry text)
     RETURNS TABLE (verified boolean, verification_failure_reason text)
     LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
+    SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     -- Computed once, then passed to the query as plain scalar parameters, so that

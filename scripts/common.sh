@@ -48,3 +48,60 @@ stop_cluster() {
         as_postgres "${PG_BIN}/pg_ctl" -D "${datadir}" -m fast -w stop >/dev/null 2>&1 || true
     fi
 }
+
+# Debian packages the tests need beyond the build: pgbouncer for the pooler tests.
+install_test_packages() {
+    local missing=()
+    for p in pgbouncer; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "Installing Debian packages for the tests: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+# Start pgbouncer in transaction pooling mode on 127.0.0.1, in front of a local cluster,
+# run by postgres (pgbouncer refuses root). Users are accepted without a password
+# (auth_type trust), as the cluster does.
+#   start_pooler DIR PORT SERVER_PORT USER...
+start_pooler() {
+    local dir="$1" port="$2" server_port="$3"; shift 3
+    mkdir -p "${dir}"
+    : > "${dir}/userlist.txt"
+    for u in "$@"; do printf '"%s" ""\n' "$u" >> "${dir}/userlist.txt"; done
+    cat > "${dir}/pgbouncer.ini" <<INI
+[databases]
+* = host=127.0.0.1 port=${server_port}
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = ${port}
+unix_socket_dir =
+auth_type = trust
+auth_file = ${dir}/userlist.txt
+pool_mode = transaction
+max_client_conn = 200
+default_pool_size = 4
+ignore_startup_parameters = extra_float_digits,options
+logfile = ${dir}/pgbouncer.log
+pidfile = ${dir}/pgbouncer.pid
+INI
+    chown -R postgres:postgres "${dir}"
+    as_postgres /usr/sbin/pgbouncer -d -q "${dir}/pgbouncer.ini" \
+        || { tail -n 20 "${dir}/pgbouncer.log" >&2 || true; die "pgbouncer did not start"; }
+    for _ in $(seq 1 50); do
+        (echo > "/dev/tcp/127.0.0.1/${port}") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    die "pgbouncer is not listening on ${port}"
+}
+
+stop_pooler() {
+    local dir="$1"
+    if [ -f "${dir}/pgbouncer.pid" ]; then
+        kill "$(cat "${dir}/pgbouncer.pid")" 2>/dev/null || true
+        rm -f "${dir}/pgbouncer.pid"
+    fi
+}

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Runs the whole pg_dscsa test suite, installing what is missing first (as root):
-#   1. cargo fmt --check and cargo clippy -D warnings
+#   1. cargo fmt --check, cargo clippy -D warnings, the upgrade script up to date
 #   2. the pure-Rust core: unit, property, test-vector and 10-million-nonce tests
 #   3. #[pg_test] tests inside a PostgreSQL backend (cargo pgrx test, as user postgres)
 #   4. pg_regress tests (tests/regress) against a private cluster
-#   5. client integration tests (itest/) against the same cluster; log hygiene last
+#   5. client integration tests (tests/integration) against the same cluster, with
+#      pgbouncer (transaction pooling) in front of it for the pooler tests
+#   6. the search_path pass: 4 and 5 again with a booby-trapped schema
+#      (tests/trap/trap.sql) in every session's search_path; the run fails if any
+#      trap was reached. Log hygiene last, over the whole server log.
+# Test files are found by listing their folders: a new file runs without being named here.
 # Safe to re-run: the test cluster is rebuilt from scratch each time.
 source "$(dirname "$0")/common.sh"
 require_root
@@ -12,19 +17,28 @@ cd "${REPO_ROOT}"
 
 TEST_ROOT="${DSCSA_TEST_ROOT:-/tmp/pg_dscsa_test}"
 TEST_PORT="${DSCSA_TEST_PORT:-55432}"
+POOLER_PORT="${DSCSA_TEST_POOLER_PORT:-55436}"
 DATADIR="${TEST_ROOT}/data"
 KEKDIR="${TEST_ROOT}/kms"
+POOLERDIR="${TEST_ROOT}/pgbouncer"
+VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)"
 
 bash scripts/setup.sh --deps-only
+install_test_packages
 
-log "1/5 Formatting and lints"
+log "1/6 Formatting, lints, upgrade script"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --features pg_test -- -D warnings
+for delta in sql/upgrade/*--"${VERSION}".sql; do
+    [ -e "${delta}" ] || continue
+    from="$(basename "${delta}" .sql)"; from="${from%%--*}"
+    bash scripts/gen_upgrade.sh --check "${from}" "${VERSION}"
+done
 
-log "2/5 Core unit, property and test-vector tests (dscsa-core)"
+log "2/6 Core unit, property and test-vector tests (dscsa-core)"
 cargo test -p dscsa-core
 
-log "3/5 #[pg_test] tests in a PostgreSQL ${PG_MAJOR} backend"
+log "3/6 #[pg_test] tests in a PostgreSQL ${PG_MAJOR} backend"
 # The development hook must sit next to postgres for the embedded default hook.
 cargo build --release -q -p dscsa-core --bin pg_dscsa_devkms
 install -m 0755 target/release/pg_dscsa_devkms "${PG_BIN}/pg_dscsa_devkms"
@@ -33,16 +47,19 @@ cargo pgrx test pg${PG_MAJOR} --runas postgres --pgdata /tmp/pg_dscsa_pgrx_test
 
 log "Installing the release build (replaces the pg_test build cargo pgrx test installed)"
 bash scripts/setup.sh
-# The released 0.1.0 installation script, so that the upgrade test can start from it.
-install -m 0644 sql/archive/pg_dscsa--0.1.0.sql "$("${PG_CONFIG}" --sharedir)/extension/pg_dscsa--0.1.0.sql"
+# The released installation scripts, so that the upgrade tests can start from them.
+for old in sql/archive/pg_dscsa--*.sql; do
+    install -m 0644 "${old}" "$("${PG_CONFIG}" --sharedir)/extension/$(basename "${old}")"
+done
 
-log "Starting a fresh test cluster on port ${TEST_PORT}"
+log "Starting a fresh test cluster on port ${TEST_PORT}, pgbouncer on ${POOLER_PORT}"
+stop_pooler "${POOLERDIR}"
 stop_cluster "${DATADIR}"
 rm -rf "${TEST_ROOT}"
 mkdir -p "${KEKDIR}"
 chown postgres:postgres "${TEST_ROOT}" "${KEKDIR}"
 chmod 700 "${KEKDIR}"
-trap 'stop_cluster "${DATADIR}"' EXIT
+trap 'stop_pooler "${POOLERDIR}"; stop_cluster "${DATADIR}"' EXIT
 start_cluster "${DATADIR}" "${TEST_PORT}" \
     "shared_preload_libraries = 'pg_dscsa, pg_stat_statements'" \
     "pg_stat_statements.track = all" \
@@ -50,24 +67,59 @@ start_cluster "${DATADIR}" "${TEST_PORT}" \
     "log_min_messages = debug1" \
     "log_line_prefix = '%m [%p] %q%u@%d '" \
     "dscsa.kms_command = '${PG_BIN}/pg_dscsa_devkms --kek-file ${KEKDIR}/dev.kek'"
+start_pooler "${POOLERDIR}" "${POOLER_PORT}" "${TEST_PORT}" \
+    postgres itest_admin itest_writer itest_reader itest_nobody itest_owner itest_planter
 
-log "4/5 pg_regress tests"
-REGRESS_OUT="${TEST_ROOT}/regress"
-mkdir -p "${REGRESS_OUT}"
-PGXS_DIR="$(dirname "$("${PG_CONFIG}" --pgxs)")"
-if ! "${PGXS_DIR}/../test/regress/pg_regress" \
-        --inputdir=tests/regress --outputdir="${REGRESS_OUT}" \
-        --host=127.0.0.1 --port="${TEST_PORT}" --user=postgres \
-        --dbname=dscsa_regress --load-extension=pg_dscsa \
-        $(cd tests/regress/sql && ls *.sql | sed 's/\.sql$//' | sort); then
-    cat "${REGRESS_OUT}/regression.diffs" >&2 || true
-    die "pg_regress tests failed"
-fi
-
-log "5/5 Client integration tests"
 export DSCSA_TEST_PORT="${TEST_PORT}" DSCSA_TEST_DATADIR="${DATADIR}" \
-       DSCSA_TEST_KEK="${KEKDIR}/dev.kek" DSCSA_TEST_PG_BIN="${PG_BIN}"
-cargo test --no-fail-fast -p pg_dscsa_itest --test roundtrip --test privileges --test kms_hook --test dump_copy --test reencrypt --test erp --test erp_keys --test upgrade
+       DSCSA_TEST_KEK="${KEKDIR}/dev.kek" DSCSA_TEST_PG_BIN="${PG_BIN}" \
+       DSCSA_TEST_POOLER_PORT="${POOLER_PORT}"
+psql_test() { "${PG_BIN}/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "${TEST_PORT}" -U postgres "$@"; }
+
+# pg_regress against a database made here, whose search_path is the pass's.
+run_regress() {
+    local path="$1" out="${TEST_ROOT}/regress-$2"
+    mkdir -p "${out}"
+    psql_test -d postgres -c "DROP DATABASE IF EXISTS dscsa_regress" -c "CREATE DATABASE dscsa_regress"
+    psql_test -d dscsa_regress -c "CREATE EXTENSION pg_dscsa" \
+        -c "ALTER DATABASE dscsa_regress SET search_path = ${path}"
+    local pgxs_dir
+    pgxs_dir="$(dirname "$("${PG_CONFIG}" --pgxs)")"
+    if ! "${pgxs_dir}/../test/regress/pg_regress" \
+            --inputdir=tests/regress --outputdir="${out}" \
+            --host=127.0.0.1 --port="${TEST_PORT}" --user=postgres \
+            --use-existing --dbname=dscsa_regress \
+            $(cd tests/regress/sql && ls *.sql | sed 's/\.sql$//' | sort); then
+        cat "${out}/regression.diffs" >&2 || true
+        die "pg_regress tests failed ($2 pass)"
+    fi
+}
+
+# Every integration test file but log_hygiene (which must see the whole run's log).
+run_integration() {
+    local targets=()
+    for f in tests/integration/tests/*.rs; do
+        local name
+        name="$(basename "${f}" .rs)"
+        [ "${name}" = log_hygiene ] || targets+=(--test "${name}")
+    done
+    cargo test --no-fail-fast -p pg_dscsa_itest "${targets[@]}"
+}
+
+log "4/6 pg_regress tests"
+run_regress "public, dscsa" plain
+
+log "5/6 Client integration tests"
+run_integration
+
+log "6/6 The search_path pass: regress and integration tests with a booby-trapped schema in every search_path"
+psql_test -d template1 -f tests/trap/trap.sql
+export DSCSA_TEST_TRAP=1
+run_regress "public, dscsa_trap, dscsa" trap
+run_integration
+if grep -n 'dscsa_trap_sprung' "${DATADIR}/server.log" | head -n 20; then
+    die "a trap planted in the search_path was reached (lines above): some routine does not pin search_path"
+fi
+unset DSCSA_TEST_TRAP
 cargo test -p pg_dscsa_itest --test log_hygiene
 
 log "All test layers passed"

@@ -5,43 +5,43 @@
 -- key, so the planner can use them as index scan keys) and PARALLEL RESTRICTED (keys
 -- live in the leader backend only), like decrypt.
 
-CREATE FUNCTION dscsa.blind_index(value text, key_name text, kind text DEFAULT 'generic')
+CREATE OR REPLACE FUNCTION dscsa.blind_index(value text, key_name text, kind text DEFAULT 'generic')
     RETURNS bytea
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'blind_index_wrapper';
 COMMENT ON FUNCTION dscsa.blind_index(text, text, text) IS
     'Blind index (key id || truncated HMAC-SHA-256) of a plaintext under the active version of a blind-index key.';
 
-CREATE FUNCTION dscsa.blind_index_candidates(value text, key_name text, kind text DEFAULT 'generic')
+CREATE OR REPLACE FUNCTION dscsa.blind_index_candidates(value text, key_name text, kind text DEFAULT 'generic')
     RETURNS bytea[]
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'blind_index_candidates_wrapper';
 COMMENT ON FUNCTION dscsa.blind_index_candidates(text, text, text) IS
     'Blind indexes of a plaintext under every loaded version of a blind-index key: WHERE col_bidx = ANY (...) keeps working during a blind-index key rotation.';
 
-CREATE FUNCTION dscsa.normalize_identifier(value text, kind text)
+CREATE OR REPLACE FUNCTION dscsa.normalize_identifier(value text, kind text)
     RETURNS text
     IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'normalize_identifier_wrapper';
 COMMENT ON FUNCTION dscsa.normalize_identifier(text, text) IS
     'The normalized form a blind index hashes: trimmed; GTIN-8/12/13 padded to GTIN-14; ISO expiry dates as YYMMDD.';
 
 -- Row triggers; created by dscsa.protect_column(), not meant to be attached by hand.
-CREATE FUNCTION dscsa.protect_sync_trigger() RETURNS trigger
+CREATE OR REPLACE FUNCTION dscsa.protect_sync_trigger() RETURNS trigger
     VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'protect_sync_trigger';
-CREATE FUNCTION dscsa.blind_index_trigger() RETURNS trigger
+CREATE OR REPLACE FUNCTION dscsa.blind_index_trigger() RETURNS trigger
     VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'blind_index_trigger';
 
 -- 'ok', 'failed' or 'malformed', never the plaintext.
-CREATE FUNCTION dscsa.authenticate(value dscsa.encrypted) RETURNS text
+CREATE OR REPLACE FUNCTION dscsa.authenticate(value dscsa.encrypted) RETURNS text
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_authenticate';
-CREATE FUNCTION dscsa.authenticate(value dscsa.encrypted, context text) RETURNS text
+CREATE OR REPLACE FUNCTION dscsa.authenticate(value dscsa.encrypted, context text) RETURNS text
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_authenticate';
 COMMENT ON FUNCTION dscsa.authenticate(dscsa.encrypted, text) IS
     'Checks a value''s GCM tag under its key version: ok, failed (modified / wrong context) or malformed. Reveals nothing else.';
 
 -- {"nonce": base64, "ciphertext": base64} sealed by another application -> envelope.
-CREATE FUNCTION dscsa.import_json(value jsonb, import_key text, kind text DEFAULT 'generic')
+CREATE OR REPLACE FUNCTION dscsa.import_json(value jsonb, import_key text, kind text DEFAULT 'generic')
     RETURNS dscsa.encrypted
     VOLATILE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_import_json';
-CREATE FUNCTION dscsa.import_json(value jsonb, import_key text, kind text, context text)
+CREATE OR REPLACE FUNCTION dscsa.import_json(value jsonb, import_key text, kind text, context text)
     RETURNS dscsa.encrypted
     VOLATILE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_import_json';
 COMMENT ON FUNCTION dscsa.import_json(jsonb, text, text, text) IS

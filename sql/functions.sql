@@ -10,82 +10,82 @@
 -- One C symbol serves the one- and two-argument forms (the second is the context).
 
 -- generic
-CREATE FUNCTION dscsa.dscsa_encrypt(plaintext text) RETURNS dscsa.encrypted
+CREATE OR REPLACE FUNCTION dscsa.dscsa_encrypt(plaintext text) RETURNS dscsa.encrypted
     VOLATILE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_encrypt';
-CREATE FUNCTION dscsa.dscsa_encrypt(plaintext text, context text) RETURNS dscsa.encrypted
+CREATE OR REPLACE FUNCTION dscsa.dscsa_encrypt(plaintext text, context text) RETURNS dscsa.encrypted
     VOLATILE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_encrypt';
-CREATE FUNCTION dscsa.dscsa_decrypt(value dscsa.encrypted) RETURNS text
+CREATE OR REPLACE FUNCTION dscsa.dscsa_decrypt(value dscsa.encrypted) RETURNS text
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt';
-CREATE FUNCTION dscsa.dscsa_decrypt(value dscsa.encrypted, context text) RETURNS text
+CREATE OR REPLACE FUNCTION dscsa.dscsa_decrypt(value dscsa.encrypted, context text) RETURNS text
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt';
-CREATE FUNCTION dscsa.dscsa_try_decrypt(value dscsa.encrypted) RETURNS text
+CREATE OR REPLACE FUNCTION dscsa.dscsa_try_decrypt(value dscsa.encrypted) RETURNS text
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt';
-CREATE FUNCTION dscsa.dscsa_try_decrypt(value dscsa.encrypted, context text) RETURNS text
+CREATE OR REPLACE FUNCTION dscsa.dscsa_try_decrypt(value dscsa.encrypted, context text) RETURNS text
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt';
 -- The same functions over raw envelope bytes (bytea); malformed bytes raise 22P02.
-CREATE FUNCTION dscsa.dscsa_decrypt(value bytea) RETURNS text
+CREATE OR REPLACE FUNCTION dscsa.dscsa_decrypt(value bytea) RETURNS text
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt';
-CREATE FUNCTION dscsa.dscsa_decrypt(value bytea, context text) RETURNS text
+CREATE OR REPLACE FUNCTION dscsa.dscsa_decrypt(value bytea, context text) RETURNS text
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt';
-CREATE FUNCTION dscsa.dscsa_try_decrypt(value bytea) RETURNS text
+CREATE OR REPLACE FUNCTION dscsa.dscsa_try_decrypt(value bytea) RETURNS text
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt';
-CREATE FUNCTION dscsa.dscsa_try_decrypt(value bytea, context text) RETURNS text
+CREATE OR REPLACE FUNCTION dscsa.dscsa_try_decrypt(value bytea, context text) RETURNS text
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt';
 
 -- gtin
-CREATE FUNCTION dscsa.dscsa_encrypt_gtin(plaintext text) RETURNS dscsa.gtin_encrypted
+CREATE OR REPLACE FUNCTION dscsa.dscsa_encrypt_gtin(plaintext text) RETURNS dscsa.gtin_encrypted
     VOLATILE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_encrypt_gtin';
-CREATE FUNCTION dscsa.dscsa_encrypt_gtin(plaintext text, context text) RETURNS dscsa.gtin_encrypted
+CREATE OR REPLACE FUNCTION dscsa.dscsa_encrypt_gtin(plaintext text, context text) RETURNS dscsa.gtin_encrypted
     VOLATILE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_encrypt_gtin';
-CREATE FUNCTION dscsa.dscsa_decrypt(value dscsa.gtin_encrypted) RETURNS text
+CREATE OR REPLACE FUNCTION dscsa.dscsa_decrypt(value dscsa.gtin_encrypted) RETURNS text
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt_gtin';
-CREATE FUNCTION dscsa.dscsa_decrypt(value dscsa.gtin_encrypted, context text) RETURNS text
+CREATE OR REPLACE FUNCTION dscsa.dscsa_decrypt(value dscsa.gtin_encrypted, context text) RETURNS text
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt_gtin';
-CREATE FUNCTION dscsa.dscsa_try_decrypt(value dscsa.gtin_encrypted) RETURNS text
+CREATE OR REPLACE FUNCTION dscsa.dscsa_try_decrypt(value dscsa.gtin_encrypted) RETURNS text
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt_gtin';
-CREATE FUNCTION dscsa.dscsa_try_decrypt(value dscsa.gtin_encrypted, context text) RETURNS text
+CREATE OR REPLACE FUNCTION dscsa.dscsa_try_decrypt(value dscsa.gtin_encrypted, context text) RETURNS text
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt_gtin';
 
 -- serial
-CREATE FUNCTION dscsa.dscsa_encrypt_serial(plaintext text) RETURNS dscsa.serial_encrypted
+CREATE OR REPLACE FUNCTION dscsa.dscsa_encrypt_serial(plaintext text) RETURNS dscsa.serial_encrypted
     VOLATILE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_encrypt_serial';
-CREATE FUNCTION dscsa.dscsa_encrypt_serial(plaintext text, context text) RETURNS dscsa.serial_encrypted
+CREATE OR REPLACE FUNCTION dscsa.dscsa_encrypt_serial(plaintext text, context text) RETURNS dscsa.serial_encrypted
     VOLATILE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_encrypt_serial';
-CREATE FUNCTION dscsa.dscsa_decrypt(value dscsa.serial_encrypted) RETURNS text
+CREATE OR REPLACE FUNCTION dscsa.dscsa_decrypt(value dscsa.serial_encrypted) RETURNS text
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt_serial';
-CREATE FUNCTION dscsa.dscsa_decrypt(value dscsa.serial_encrypted, context text) RETURNS text
+CREATE OR REPLACE FUNCTION dscsa.dscsa_decrypt(value dscsa.serial_encrypted, context text) RETURNS text
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt_serial';
-CREATE FUNCTION dscsa.dscsa_try_decrypt(value dscsa.serial_encrypted) RETURNS text
+CREATE OR REPLACE FUNCTION dscsa.dscsa_try_decrypt(value dscsa.serial_encrypted) RETURNS text
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt_serial';
-CREATE FUNCTION dscsa.dscsa_try_decrypt(value dscsa.serial_encrypted, context text) RETURNS text
+CREATE OR REPLACE FUNCTION dscsa.dscsa_try_decrypt(value dscsa.serial_encrypted, context text) RETURNS text
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt_serial';
 
 -- lot
-CREATE FUNCTION dscsa.dscsa_encrypt_lot(plaintext text) RETURNS dscsa.lot_encrypted
+CREATE OR REPLACE FUNCTION dscsa.dscsa_encrypt_lot(plaintext text) RETURNS dscsa.lot_encrypted
     VOLATILE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_encrypt_lot';
-CREATE FUNCTION dscsa.dscsa_encrypt_lot(plaintext text, context text) RETURNS dscsa.lot_encrypted
+CREATE OR REPLACE FUNCTION dscsa.dscsa_encrypt_lot(plaintext text, context text) RETURNS dscsa.lot_encrypted
     VOLATILE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_encrypt_lot';
-CREATE FUNCTION dscsa.dscsa_decrypt(value dscsa.lot_encrypted) RETURNS text
+CREATE OR REPLACE FUNCTION dscsa.dscsa_decrypt(value dscsa.lot_encrypted) RETURNS text
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt_lot';
-CREATE FUNCTION dscsa.dscsa_decrypt(value dscsa.lot_encrypted, context text) RETURNS text
+CREATE OR REPLACE FUNCTION dscsa.dscsa_decrypt(value dscsa.lot_encrypted, context text) RETURNS text
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt_lot';
-CREATE FUNCTION dscsa.dscsa_try_decrypt(value dscsa.lot_encrypted) RETURNS text
+CREATE OR REPLACE FUNCTION dscsa.dscsa_try_decrypt(value dscsa.lot_encrypted) RETURNS text
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt_lot';
-CREATE FUNCTION dscsa.dscsa_try_decrypt(value dscsa.lot_encrypted, context text) RETURNS text
+CREATE OR REPLACE FUNCTION dscsa.dscsa_try_decrypt(value dscsa.lot_encrypted, context text) RETURNS text
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt_lot';
 
 -- expiry
-CREATE FUNCTION dscsa.dscsa_encrypt_expiry(plaintext text) RETURNS dscsa.expiry_encrypted
+CREATE OR REPLACE FUNCTION dscsa.dscsa_encrypt_expiry(plaintext text) RETURNS dscsa.expiry_encrypted
     VOLATILE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_encrypt_expiry';
-CREATE FUNCTION dscsa.dscsa_encrypt_expiry(plaintext text, context text) RETURNS dscsa.expiry_encrypted
+CREATE OR REPLACE FUNCTION dscsa.dscsa_encrypt_expiry(plaintext text, context text) RETURNS dscsa.expiry_encrypted
     VOLATILE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_encrypt_expiry';
-CREATE FUNCTION dscsa.dscsa_decrypt(value dscsa.expiry_encrypted) RETURNS text
+CREATE OR REPLACE FUNCTION dscsa.dscsa_decrypt(value dscsa.expiry_encrypted) RETURNS text
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt_expiry';
-CREATE FUNCTION dscsa.dscsa_decrypt(value dscsa.expiry_encrypted, context text) RETURNS text
+CREATE OR REPLACE FUNCTION dscsa.dscsa_decrypt(value dscsa.expiry_encrypted, context text) RETURNS text
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt_expiry';
-CREATE FUNCTION dscsa.dscsa_try_decrypt(value dscsa.expiry_encrypted) RETURNS text
+CREATE OR REPLACE FUNCTION dscsa.dscsa_try_decrypt(value dscsa.expiry_encrypted) RETURNS text
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt_expiry';
-CREATE FUNCTION dscsa.dscsa_try_decrypt(value dscsa.expiry_encrypted, context text) RETURNS text
+CREATE OR REPLACE FUNCTION dscsa.dscsa_try_decrypt(value dscsa.expiry_encrypted, context text) RETURNS text
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt_expiry';
 
 COMMENT ON FUNCTION dscsa.dscsa_encrypt(text) IS

@@ -1,17 +1,22 @@
--- pg_dscsa: roles and privileges. PUBLIC gets nothing.
+-- pg_dscsa: roles and privileges. PUBLIC gets nothing. (docs/SECURITY.md has the role
+-- matrix; tests/integration/tests/role_matrix.rs checks every cell of it.)
 --
---   dscsa_admin   key administration: create/rotate keys, read the keyring metadata.
+--   dscsa_admin   key administration: create/rotate/retire keys, grant them to roles,
+--                 read all keyring metadata, protect columns of tables it owns.
 --   dscsa_writer  encrypt only (a packaging line): cannot decrypt.
 --   dscsa_reader  decrypt only. An application that does both is granted both roles.
--- Roles are cluster-wide, so they are created only if missing and are not dropped
--- with the extension.
+--
+-- Which key a role may use, and for what, is granted per key with dscsa.grant_key();
+-- the grants below are the outer fence. Roles are cluster-wide, so they are created only
+-- if missing and are not dropped with the extension. This file is replayed by every
+-- upgrade: it first takes back everything, then grants exactly what the version needs.
 
 DO $$
 DECLARE
     r text;
 BEGIN
     FOREACH r IN ARRAY ARRAY['dscsa_admin', 'dscsa_writer', 'dscsa_reader'] LOOP
-        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) r) THEN
             BEGIN
                 EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', r);
             EXCEPTION WHEN duplicate_object OR unique_violation THEN
@@ -23,28 +28,33 @@ BEGIN
 END
 $$;
 
-REVOKE ALL ON SCHEMA dscsa FROM PUBLIC;
-REVOKE ALL ON ALL ROUTINES IN SCHEMA dscsa FROM PUBLIC;
-REVOKE ALL ON ALL TABLES IN SCHEMA dscsa FROM PUBLIC;
-REVOKE ALL ON ALL SEQUENCES IN SCHEMA dscsa FROM PUBLIC;
+REVOKE ALL ON SCHEMA dscsa FROM PUBLIC, dscsa_admin, dscsa_writer, dscsa_reader;
+REVOKE ALL ON ALL ROUTINES IN SCHEMA dscsa FROM PUBLIC, dscsa_admin, dscsa_writer, dscsa_reader;
+REVOKE ALL ON ALL TABLES IN SCHEMA dscsa FROM PUBLIC, dscsa_admin, dscsa_writer, dscsa_reader;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA dscsa FROM PUBLIC, dscsa_admin, dscsa_writer, dscsa_reader;
 REVOKE ALL ON TYPE dscsa.encrypted, dscsa.gtin_encrypted, dscsa.serial_encrypted,
-    dscsa.lot_encrypted, dscsa.expiry_encrypted FROM PUBLIC;
+    dscsa.lot_encrypted, dscsa.expiry_encrypted, dscsa._batch_job, dscsa._protect_job
+    FROM PUBLIC, dscsa_admin, dscsa_writer, dscsa_reader;
 
 GRANT USAGE ON SCHEMA dscsa TO dscsa_admin, dscsa_writer, dscsa_reader;
 GRANT USAGE ON TYPE dscsa.encrypted, dscsa.gtin_encrypted, dscsa.serial_encrypted,
-    dscsa.lot_encrypted, dscsa.expiry_encrypted TO dscsa_admin, dscsa_writer, dscsa_reader;
+    dscsa.lot_encrypted, dscsa.expiry_encrypted, dscsa._batch_job, dscsa._protect_job
+    TO dscsa_admin, dscsa_writer, dscsa_reader;
 
 -- Header inspection needs no key; the domain CHECKs call envelope_kind on every write.
+-- Loading keys: the per-key grants decide which keys (src/keyring.rs).
 GRANT EXECUTE ON FUNCTION
     dscsa.envelope_version(dscsa.encrypted), dscsa.envelope_kind(dscsa.encrypted),
     dscsa.envelope_key_id(dscsa.encrypted), dscsa.envelope_nonce(dscsa.encrypted),
     dscsa.envelope_bytes(dscsa.encrypted), dscsa.to_encrypted(bytea),
     dscsa.armor(dscsa.encrypted), dscsa.dearmor(text),
     dscsa.load_key(text, text), dscsa.unload_key(text), dscsa.unload_all_keys(),
-    dscsa.loaded_keys(), dscsa._key_exists(integer), dscsa._active_key_id(text),
-    dscsa._key_meta(integer), dscsa.normalize_identifier(text, text),
-    dscsa._in_transaction_block(), dscsa._require_own_transaction(text)
+    dscsa.loaded_keys(), dscsa.normalize_identifier(text, text),
+    dscsa._in_transaction_block(), dscsa._require_own_transaction(text),
+    dscsa._active_version(text, text)
     TO dscsa_admin, dscsa_writer, dscsa_reader;
+-- Keyring metadata: all of it for admins; the keys a role holds a grant on for the others.
+GRANT SELECT ON dscsa.keys TO dscsa_admin, dscsa_writer, dscsa_reader;
 
 GRANT EXECUTE ON FUNCTION
     dscsa.dscsa_encrypt(text), dscsa.dscsa_encrypt(text, text),
@@ -61,19 +71,32 @@ BEGIN
     FOR f IN
         SELECT p.oid::regprocedure
           FROM pg_catalog.pg_proc p
-         WHERE p.pronamespace = 'dscsa'::regnamespace
-           AND p.proname IN ('dscsa_decrypt', 'dscsa_try_decrypt')
+         WHERE p.pronamespace OPERATOR(pg_catalog.=) 'dscsa'::regnamespace
+           AND p.proname OPERATOR(pg_catalog.=) ANY (ARRAY['dscsa_decrypt', 'dscsa_try_decrypt']::name[])
     LOOP
         EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO dscsa_reader', f);
     END LOOP;
 END
 $$;
 
+-- Key administration. The keyring itself is readable by admins (wrapped keys only);
+-- no role may write it or the grants directly.
 GRANT EXECUTE ON FUNCTION dscsa.create_key(text, text), dscsa.rotate_key(text, text),
-    dscsa.retire_key(text, integer), dscsa.key_usage(text) TO dscsa_admin;
-GRANT SELECT ON dscsa.keyring TO dscsa_admin;
+    dscsa.retire_key(text, integer), dscsa.key_usage(text),
+    dscsa.create_blind_index_key(text, integer, text), dscsa.import_key(text, text, text),
+    dscsa.rotate_kek(text, text), dscsa.grant_key(text, regrole, text),
+    dscsa.revoke_key(text, regrole, text)
+    TO dscsa_admin;
+GRANT SELECT ON dscsa.keyring, dscsa.key_grant_list TO dscsa_admin;
+
 -- Re-encryption decrypts and encrypts as the caller, who needs both roles.
 GRANT EXECUTE ON PROCEDURE dscsa.reencrypt(regclass, name, text, integer) TO dscsa_reader, dscsa_writer;
+GRANT EXECUTE ON FUNCTION dscsa._reencrypt_start(regclass, name, text, integer),
+    dscsa._batch_start(regclass, name, text, integer, text, integer),
+    dscsa._batch_step(dscsa._batch_job), dscsa._batch_statements(dscsa._batch_job),
+    dscsa._batch_progress(dscsa._batch_job), dscsa._kind_of_type(regtype),
+    dscsa._encrypt_function(text)
+    TO dscsa_admin, dscsa_reader, dscsa_writer;
 
 -- Blind-index lookups (reveal an HMAC, never a value) for applications that read or write.
 GRANT EXECUTE ON FUNCTION dscsa.blind_index(text, text, text),
@@ -85,19 +108,27 @@ GRANT EXECUTE ON FUNCTION dscsa.import_json(jsonb, text, text),
 GRANT EXECUTE ON FUNCTION dscsa.authenticate(dscsa.encrypted), dscsa.authenticate(dscsa.encrypted, text),
     dscsa.verify_column(regclass, name, text) TO dscsa_admin, dscsa_reader;
 
--- Column protection and key administration. The DBA who protects a column owns the
--- table and also holds dscsa_writer (dscsa_reader to revert it).
-GRANT EXECUTE ON FUNCTION dscsa.create_blind_index_key(text, integer, text),
-    dscsa.import_key(text, text, text), dscsa.rotate_kek(text, text),
+-- Column protection. The DBA who protects a column owns the table and also holds
+-- dscsa_writer (dscsa_reader to revert it). The registry is written only through
+-- dscsa._registry (ownership checked); dscsa._registry_apply is executable by its owner only.
+GRANT EXECUTE ON FUNCTION
     dscsa.protect_column_problems(regclass, name, text), dscsa.create_view(regclass, name),
     dscsa.drop_view(regclass),
-    dscsa._encrypt_function(text), dscsa._encrypted_type(text), dscsa._plaintext_expr(name, regtype, text),
+    dscsa._encrypted_type(text), dscsa._plaintext_expr(name, regtype, text),
+    dscsa._original_type(text), dscsa._derived_names(regclass, name), dscsa._index_on(regclass, name, boolean),
     dscsa._carried_index(regclass, name), dscsa._raise_problems(regclass, name, text),
+    dscsa._registry(text, regclass, name, dscsa.protected_columns),
     dscsa._finish_protection(dscsa.protected_columns),
+    dscsa._protect_prepare(regclass, name, text, text, text, text),
+    dscsa._protect_in_place(dscsa.protected_columns), dscsa._protect_online_start(dscsa.protected_columns),
+    dscsa._protect_begin(regclass, name, text, text, text, text, integer),
+    dscsa._protect_step(dscsa._protect_job), dscsa._protect_backfill(dscsa._protect_job),
+    dscsa._protect_check(dscsa._protect_job), dscsa._protect_index(dscsa._protect_job),
+    dscsa._protect_cutover(dscsa._protect_job), dscsa._with_lock_retries(regclass, text, text),
+    dscsa._reindex_blind_start(regclass, name, integer),
     dscsa.protect_sync_trigger(), dscsa.blind_index_trigger()
     TO dscsa_admin;
 GRANT EXECUTE ON PROCEDURE dscsa.protect_column(regclass, name, text, text, text, text, integer),
     dscsa.abort_protect_column(regclass, name), dscsa.unprotect_column(regclass, name),
     dscsa.reindex_blind(regclass, name, integer) TO dscsa_admin;
 GRANT SELECT ON dscsa.protected_columns TO dscsa_admin, dscsa_writer, dscsa_reader;
-GRANT INSERT, UPDATE, DELETE ON dscsa.protected_columns TO dscsa_admin;

@@ -1,4 +1,5 @@
--- pg_dscsa: the encrypted base type and the DSCSA field domains.
+-- pg_dscsa: the encrypted base type and the DSCSA field domains. Created once, by
+-- CREATE EXTENSION (upgrades change these objects through their hand-written delta).
 -- Values of dscsa.encrypted are only ever v1 envelopes (docs/FORMAT.md); there are no
 -- casts to or from text and no comparison operators, by design.
 
@@ -72,7 +73,7 @@ COMMENT ON FUNCTION dscsa.dearmor(text) IS 'Parses the dscsa:... text form (not 
 -- PostgreSQL would otherwise allow explicit I/O-conversion casts between any type and
 -- the string types. These casts take precedence and refuse with a clear message.
 CREATE FUNCTION dscsa._refuse_cast_from_text(text) RETURNS dscsa.encrypted
-    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE plpgsql AS $$
+    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RAISE EXCEPTION 'cannot cast text to dscsa.encrypted'
         USING ERRCODE = 'cannot_coerce',
@@ -80,7 +81,7 @@ BEGIN
 END
 $$;
 CREATE FUNCTION dscsa._refuse_cast_to_text(dscsa.encrypted) RETURNS text
-    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE plpgsql AS $$
+    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RAISE EXCEPTION 'cannot cast dscsa.encrypted to text'
         USING ERRCODE = 'cannot_coerce',
@@ -88,9 +89,9 @@ BEGIN
 END
 $$;
 CREATE FUNCTION dscsa._refuse_cast_from_varchar(varchar) RETURNS dscsa.encrypted
-    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE sql RETURN dscsa._refuse_cast_from_text($1::text);
+    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE sql SET search_path = pg_catalog, pg_temp RETURN dscsa._refuse_cast_from_text($1::text);
 CREATE FUNCTION dscsa._refuse_cast_to_varchar(dscsa.encrypted) RETURNS varchar
-    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE sql RETURN dscsa._refuse_cast_to_text($1);
+    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE sql SET search_path = pg_catalog, pg_temp RETURN dscsa._refuse_cast_to_text($1);
 CREATE CAST (text AS dscsa.encrypted) WITH FUNCTION dscsa._refuse_cast_from_text(text);
 CREATE CAST (dscsa.encrypted AS text) WITH FUNCTION dscsa._refuse_cast_to_text(dscsa.encrypted);
 CREATE CAST (varchar AS dscsa.encrypted) WITH FUNCTION dscsa._refuse_cast_from_varchar(varchar);

@@ -1,5 +1,5 @@
--- pg_dscsa: what sits on top of protected columns: the generated plaintext view, the
--- blind-index key rotation, and the auditor's verification report (docs/PROTECT.md).
+-- pg_dscsa: what sits on top of protected columns: the generated plaintext view and the
+-- auditor's verification report (docs/PROTECT.md). Routines only, replayed by upgrades.
 
 -- Creates or regenerates a view presenting the table with its protected columns
 -- decrypted (original names, types and column order; blind-index columns hidden).
@@ -7,9 +7,10 @@
 -- apply; INSTEAD OF triggers encrypt on INSERT and UPDATE and delete by primary key.
 -- Regenerating keeps the view's owner, grants and comment, and checks afterwards that
 -- security_invoker is still set.
-CREATE FUNCTION dscsa.create_view(tbl regclass, view_name name DEFAULT NULL)
+CREATE OR REPLACE FUNCTION dscsa.create_view(tbl regclass, view_name name DEFAULT NULL)
     RETURNS regclass
     LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     nsp name;
@@ -29,6 +30,7 @@ DECLARE
     g record;
     c record;
     result regclass;
+    r dscsa.protected_columns;
 BEGIN
     SELECT n.nspname, cl.relname INTO nsp, rel
       FROM pg_catalog.pg_class cl JOIN pg_catalog.pg_namespace n ON n.oid = cl.relnamespace WHERE cl.oid = tbl;
@@ -64,7 +66,8 @@ BEGIN
             ins_vals := ins_vals || pg_catalog.format('NEW.%I', c.attname);
             upd := upd || pg_catalog.format('%1$I = NEW.%1$I', c.attname);
         ELSE
-            sel := sel || pg_catalog.format('dscsa.dscsa_decrypt(t.%1$I, %2$L)::%3$s AS %1$I', c.attname, c.context, c.original_type);
+            sel := sel || pg_catalog.format('dscsa.dscsa_decrypt(t.%1$I, %2$L)::%3$s AS %1$I', c.attname, c.context,
+                                            dscsa._original_type(c.original_type));
             ins_vals := ins_vals || pg_catalog.format('%s(%s, %L)', dscsa._encrypt_function(c.kind),
                 dscsa._plaintext_expr(c.attname, c.original_type::regtype, 'NEW.'), c.context);
             -- An UPDATE that does not change the plaintext keeps the stored ciphertext.
@@ -143,7 +146,10 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = result AND 'security_invoker=true' = ANY (reloptions)) THEN
         RAISE EXCEPTION 'view % lost security_invoker', v USING ERRCODE = 'internal_error';
     END IF;
-    UPDATE dscsa.protected_columns p SET view_name = result WHERE p.relid = tbl;
+    FOR r IN SELECT * FROM dscsa.protected_columns p WHERE p.relid = tbl LOOP
+        r.view_name := result;
+        PERFORM dscsa._registry('save', tbl, r.column_name, r);
+    END LOOP;
     RETURN result;
 END
 $$;
@@ -152,14 +158,16 @@ COMMENT ON FUNCTION dscsa.create_view(regclass, name) IS
 
 -- Drops the generated view of a table and its INSTEAD OF trigger function (which
 -- DROP VIEW alone would leave behind). Fails, changing nothing, if other views depend on it.
-CREATE FUNCTION dscsa.drop_view(tbl regclass)
+CREATE OR REPLACE FUNCTION dscsa.drop_view(tbl regclass)
     RETURNS void
     LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v oid;
     nsp name;
     vname name;
+    r dscsa.protected_columns;
 BEGIN
     SELECT c.oid, n.nspname, c.relname INTO v, nsp, vname
       FROM dscsa.protected_columns p
@@ -172,78 +180,25 @@ BEGIN
     END IF;
     EXECUTE pg_catalog.format('DROP VIEW %I.%I', nsp, vname);
     EXECUTE pg_catalog.format('DROP FUNCTION IF EXISTS %I.%I()', nsp, pg_catalog.left(vname || '_dscsa_write', 63));
-    UPDATE dscsa.protected_columns p SET view_name = NULL WHERE p.relid = tbl;
+    FOR r IN SELECT * FROM dscsa.protected_columns p WHERE p.relid = tbl LOOP
+        r.view_name := NULL;
+        PERFORM dscsa._registry('save', tbl, r.column_name, r);
+    END LOOP;
 END
 $$;
 COMMENT ON FUNCTION dscsa.drop_view(regclass) IS
     'Drops the generated view of a protected table and its trigger function.';
-
--- Blind-index key rotation: after dscsa.rotate_key(<blind-index key>), recomputes the
--- blind indexes still under older versions, in committed batches. Lookups written with
--- dscsa.blind_index_candidates() find rows under either version throughout.
-CREATE PROCEDURE dscsa.reindex_blind(tbl regclass, col name, batch_size integer DEFAULT 5000)
-    LANGUAGE plpgsql
-AS $$
-DECLARE
-    r dscsa.protected_columns;
-    active_prefix bytea;
-    stmt text;
-    n bigint;
-    done bigint := 0;
-    total bigint;
-    remaining bigint;
-    waits integer := 0;
-    started timestamptz := pg_catalog.clock_timestamp();
-BEGIN
-    SELECT * INTO r FROM dscsa.protected_columns p WHERE p.relid = tbl AND p.column_name = col AND p.state = 'protected';
-    IF NOT FOUND OR r.blind_index_column IS NULL THEN
-        RAISE EXCEPTION '%.% is not a protected column with a blind index', tbl, col
-            USING ERRCODE = 'object_not_in_prerequisite_state';
-    END IF;
-    PERFORM dscsa._require_own_transaction('dscsa.reindex_blind');
-    active_prefix := pg_catalog.int4send(dscsa._active_key_id(r.blind_index_key));
-    EXECUTE pg_catalog.format('SELECT count(*) FROM %s WHERE %I IS NOT NULL AND pg_catalog.substr(%I, 1, 4) <> $1',
-        tbl, r.blind_index_column, r.blind_index_column) INTO total USING active_prefix;
-    -- Setting the index to NULL makes the blind-index trigger recompute it under the
-    -- active version from the decrypted value.
-    stmt := pg_catalog.format(
-        'WITH batch AS (SELECT ctid FROM %1$s WHERE %2$I IS NOT NULL AND pg_catalog.substr(%2$I, 1, 4) <> $1
-                         LIMIT $2 FOR UPDATE SKIP LOCKED)
-         UPDATE %1$s t SET %2$I = NULL FROM batch WHERE t.ctid = batch.ctid',
-        tbl, r.blind_index_column);
-    LOOP
-        EXECUTE stmt USING active_prefix, batch_size;
-        GET DIAGNOSTICS n = ROW_COUNT;
-        IF n = 0 THEN
-            EXECUTE pg_catalog.format('SELECT count(*) FROM %s WHERE %I IS NOT NULL AND pg_catalog.substr(%I, 1, 4) <> $1',
-                tbl, r.blind_index_column, r.blind_index_column) INTO remaining USING active_prefix;
-            EXIT WHEN remaining = 0;
-            waits := waits + 1;
-            IF waits > 600 THEN
-                RAISE WARNING '% rows of %.% are still locked by other transactions; call dscsa.reindex_blind again', remaining, tbl, col;
-                EXIT;
-            END IF;
-            PERFORM pg_catalog.pg_sleep(0.1);
-            CONTINUE;
-        END IF;
-        done := done + n;
-        COMMIT;
-        RAISE NOTICE 'dscsa.reindex_blind %.%: % of % rows (% %%), % rows/s', tbl, col, done, total,
-            CASE WHEN total > 0 THEN round(100.0 * least(done, total) / total, 1) ELSE 100 END,
-            round(done / greatest(extract(epoch FROM pg_catalog.clock_timestamp() - started), 0.001));
-    END LOOP;
-END
-$$;
 
 -- The auditor's report on one encrypted column, without revealing any plaintext: one
 -- row per key version (rows, how many authenticate, which fail, by primary key) and
 -- one row (key_id NULL) counting NULLs. Every value is checked with its GCM tag, so the
 -- caller needs the keys loaded (a version that cannot be loaded is an error, not a
 -- "failed" row). With no primary key, failing rows are identified by ctid.
-CREATE FUNCTION dscsa.verify_column(tbl regclass, col name, context text DEFAULT NULL)
+CREATE OR REPLACE FUNCTION dscsa.verify_column(tbl regclass, col name, context text DEFAULT NULL)
     RETURNS TABLE (key_id integer, key_name text, key_version integer, key_status text,
                    rows bigint, authenticated bigint, failed bigint, failed_rows jsonb)
     LANGUAGE plpgsql STABLE PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     ctx text := coalesce(context, (SELECT p.context FROM dscsa.protected_columns p
@@ -270,7 +225,7 @@ BEGIN
          SELECT c.kid, m.key_name, m.version, coalesce(m.status, CASE WHEN c.kid IS NULL THEN ''malformed'' ELSE ''unknown key id'' END),
                 count(*), count(*) FILTER (WHERE c.verdict = ''ok''), count(*) FILTER (WHERE c.verdict <> ''ok''),
                 coalesce(pg_catalog.jsonb_agg(c.pk) FILTER (WHERE c.verdict <> ''ok''), ''[]''::jsonb)
-           FROM checked c LEFT JOIN LATERAL dscsa._key_meta(c.kid) m ON true
+           FROM checked c LEFT JOIN dscsa.keys m ON m.key_id = c.kid
           GROUP BY c.kid, m.key_name, m.version, m.status
          UNION ALL
          SELECT NULL, NULL, NULL, ''null'', count(*), NULL, NULL, NULL FROM %3$s x WHERE x.%1$I IS NULL

@@ -21,7 +21,7 @@ pub(crate) fn parse_kind(name: &str) -> FieldKind {
 /// Blind index of `value` under the active version of `key_name` (after following a
 /// rotation); shared by the SQL function and the row triggers.
 pub(crate) fn active_blind_index(key_name: &str, kind: FieldKind, value: &str) -> Vec<u8> {
-    crate::crypto::follow_rotation(key_name.as_bytes());
+    crate::keyring::sync_with_keyring();
     keys::with_active_blind_key(key_name.as_bytes(), |id, key| key.compute(id, kind, value))
         .or_raise()
 }
@@ -38,7 +38,7 @@ fn blind_index(value: &str, key_name: &str, kind_name: &str) -> Vec<u8> {
 #[pg_extern(sql = false)]
 fn blind_index_candidates(value: &str, key_name: &str, kind_name: &str) -> Vec<Vec<u8>> {
     let kind = parse_kind(kind_name);
-    crate::crypto::follow_rotation(key_name.as_bytes());
+    crate::keyring::sync_with_keyring();
     let mut out = Vec::new();
     keys::for_each_blind_key(key_name.as_bytes(), |id, key| {
         out.push(key.compute(id, kind, value))

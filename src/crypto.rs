@@ -13,38 +13,8 @@ use zeroize::Zeroizing;
 
 use crate::error::{raise, OrRaise};
 use crate::fmgr::{arg_bytes, new_varlena, optional_arg_bytes, pg_v1_function, return_null};
-use crate::{guc, keyring, keys, rotation};
-
-/// Compares the active version this session holds with the keyring's whenever the
-/// keyring may have changed (src/rotation.rs): after `dscsa.rotate_key` in another
-/// session, new values must go under the new version and blind-index lookups must
-/// include it. If it changed, the key is reloaded through the KMS hook (one unwrap of the
-/// new version), keeping its scope.
-///
-/// Skipped while a parallel plan runs (no SPI is allowed then); the next statement of
-/// the session outside parallel mode catches up.
-pub(crate) fn follow_rotation(name: &[u8]) {
-    // SAFETY: IsInParallelMode only reads backend-local transaction state.
-    if unsafe { pg_sys::IsInParallelMode() } {
-        return;
-    }
-    let Some(generation) = rotation::pending_check(name) else {
-        return;
-    };
-    let Some(scope) = keys::loaded_scope(name) else {
-        return; // not loaded: with_active_key reports that
-    };
-    let Ok(name_str) = std::str::from_utf8(name) else {
-        return;
-    };
-    match keyring::active_key_id(name_str) {
-        Some(id) if keys::is_loaded_active(id) => {}
-        Some(_) => keyring::reload(name_str, scope),
-        // No active version any more (all retired): refuse to encrypt under a stale one.
-        None => raise(Error::UnknownKey(name_str.to_string())),
-    }
-    rotation::confirmed(name, generation);
-}
+use crate::keys::OpenFor;
+use crate::{guc, keyring, keys};
 
 /// Seals `plaintext` under the active version of data key `key_name` into a new
 /// varlena (the envelope), following a rotation made by another session first.
@@ -54,7 +24,7 @@ pub(crate) fn seal_varlena(
     context: &[u8],
     plaintext: &[u8],
 ) -> Result<pg_sys::Datum> {
-    follow_rotation(key_name);
+    keyring::sync_with_keyring();
     check_plaintext(plaintext)?;
     check_context(context)?;
     let nonce = keys::next_nonce()?;
@@ -62,15 +32,22 @@ pub(crate) fn seal_varlena(
     keys::with_active_key(key_name, |key_id, key| {
         seal_into(key, key_id, kind, context, nonce, plaintext, out)
     })??;
+    keys::record_seal(&nonce);
     Ok(pg_sys::Datum::from(ptr))
 }
 
 /// Authenticates and decrypts an envelope into a zeroizing buffer (for callers that
-/// need the plaintext only transiently: blind indexes, verification, import).
-pub(crate) fn open_transient(envelope: &[u8], context: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+/// need the plaintext only transiently: blind indexes, verification).
+pub(crate) fn open_transient(
+    envelope: &[u8],
+    context: &[u8],
+    how: OpenFor<'_>,
+) -> Result<Zeroizing<Vec<u8>>> {
+    keyring::sync_with_keyring();
     let env = Envelope::parse(envelope)?;
     check_context(context)?;
-    keys::with_key_id(env.key_id, |key| open(key, &env, context)).map_err(explain_missing_key)?
+    keys::with_key_id(env.key_id, how, |key| open(key, &env, context))
+        .map_err(explain_missing_key)?
 }
 
 /// Tells a key that is merely not loaded from a key id no keyring entry has (a modified
@@ -125,9 +102,12 @@ fn decrypt_to_text(
         }
     }
     check_context(context)?;
+    keyring::sync_with_keyring();
     let (ptr, out) = new_varlena(env.plaintext_len());
-    keys::with_key_id(env.key_id, |key| open_into(key, &env, context, out))
-        .map_err(explain_missing_key)??;
+    keys::with_key_id(env.key_id, OpenFor::Decrypt, |key| {
+        open_into(key, &env, context, out)
+    })
+    .map_err(explain_missing_key)??;
     if !valid_in_database_encoding(out) {
         zeroize::Zeroize::zeroize(out);
         return Err(Error::InvalidTextEncoding);

@@ -17,6 +17,9 @@ fn pg_code(state: SqlState) -> PgSqlErrorCode {
         SqlState::ExternalRoutineException => ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
         SqlState::CharacterNotInRepertoire => ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
         SqlState::SystemError => ERRCODE_SYSTEM_ERROR,
+        SqlState::InsufficientPrivilege => ERRCODE_INSUFFICIENT_PRIVILEGE,
+        SqlState::TriggerProtocolViolated => ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+        SqlState::InternalError => ERRCODE_INTERNAL_ERROR,
     }
 }
 
@@ -41,6 +44,12 @@ fn hint(err: &Error) -> Option<String> {
             "Run SELECT dscsa.load_key('{name}'); or SET dscsa.key_name to a loaded key."
         )),
         Error::UnknownKey(_) => Some("Create it with SELECT dscsa.create_key('key name');".into()),
+        Error::KeyPermissionDenied { key, .. } => Some(format!(
+            "A key administrator grants it with SELECT dscsa.grant_key('{key}', '<role>', '<privilege>'); see dscsa.keys for the keys this role may use."
+        )),
+        Error::KeyLoadedByOtherRole(key) => Some(format!(
+            "Keys are bound to the role that loaded them; load it again as this role: SELECT dscsa.load_key('{key}');"
+        )),
         Error::Kms(_) | Error::KeyCheckFailed(_) => Some(
             "Check dscsa.kms_command and the hook's own log; the protocol is in docs/KMS.md.".into(),
         ),

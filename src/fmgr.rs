@@ -9,7 +9,8 @@ use pgrx::pg_sys;
 use pgrx::varlena::{set_varsize_4b, varatt_is_1b_e, varatt_is_4b_c, varlena_to_byte_slice};
 
 /// Declares `pg_finfo_<name>` and a `#[pg_guard]`ed V1 function `<name>` that calls
-/// `handler(fcinfo)`; the handler is a closure whose body may use `unsafe`.
+/// `handler(fcinfo)`. The handler is a named `unsafe fn(FunctionCallInfo) -> Datum`
+/// written as ordinary Rust (so rustfmt and clippy see it), or a short closure.
 macro_rules! pg_v1_function {
     ($(#[$doc:meta])* fn $name:ident, $finfo:ident, $handler:expr) => {
         #[unsafe(no_mangle)]
@@ -23,8 +24,10 @@ macro_rules! pg_v1_function {
         #[pgrx::pg_guard]
         #[unsafe(no_mangle)]
         pub unsafe extern "C-unwind" fn $name(fcinfo: pgrx::pg_sys::FunctionCallInfo) -> pgrx::pg_sys::Datum {
-            let handler: fn(pgrx::pg_sys::FunctionCallInfo) -> pgrx::pg_sys::Datum = $handler;
-            handler(fcinfo)
+            let handler: unsafe fn(pgrx::pg_sys::FunctionCallInfo) -> pgrx::pg_sys::Datum = $handler;
+            // SAFETY: PostgreSQL calls V1 functions with a valid fcinfo whose arguments
+            // match the SQL declaration, which is what every handler requires.
+            unsafe { handler(fcinfo) }
         }
     };
 }
@@ -58,6 +61,14 @@ pub unsafe fn datum_bytes<'a>(datum: pg_sys::Datum) -> &'a [u8] {
         varlena = pg_sys::pg_detoast_datum_packed(varlena);
     }
     varlena_to_byte_slice(varlena)
+}
+
+/// Whether argument `n` is NULL.
+///
+/// # Safety
+/// `fcinfo` must be the call's valid FunctionCallInfo with at least `n + 1` arguments.
+pub unsafe fn arg_is_null(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> bool {
+    pgrx::fcinfo::pg_arg_is_null(fcinfo, n)
 }
 
 /// Optional trailing varlena argument (empty when absent).

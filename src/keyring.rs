@@ -1,22 +1,25 @@
-//! Session key management and key wrapping: the Rust side of dscsa.load_key(),
-//! unload_key(), loaded_keys(), of creating, importing and re-wrapping (KEK rotation)
-//! keyring entries, and the lookups encryption needs on the keyring (key_exists,
-//! active_key_id, reload). The keyring table itself and the SECURITY DEFINER wrappers
-//! that read it are SQL (sql/keyring.sql); key material only passes through here in
-//! zeroizing buffers.
+//! Session key management: the Rust side of dscsa.load_key(), unload_key(),
+//! loaded_keys(), implicit loads by triggers and imports, and keeping loaded keys in step
+//! with the keyring (rotations, retirements and revoked grants made by other sessions).
+//!
+//! The keyring and the key grants are read here, with the extension owner's rights and a
+//! pinned search_path (src/owner.rs), by statements written in this file; the caller of
+//! dscsa.load_key() runs with its own rights, so the key can be bound to it and its
+//! per-key grants checked. Wrapping for new keys and KEK rotation is in src/wrapping.rs.
 
+use dscsa_core::access::{KeyPrivilege, Privileges};
 use dscsa_core::blind::BlindIndexKey;
 use dscsa_core::cipher::DataKey;
 use dscsa_core::keycheck::key_check_value;
 use dscsa_core::kms::Operation;
-use dscsa_core::nonce::generate_data_key;
 use dscsa_core::Error;
 use pgrx::prelude::*;
 use zeroize::Zeroizing;
 
+use crate::authz::{self, Routine};
 use crate::error::{raise, OrRaise};
-use crate::keys::{self, KeyMaterial, Scope, SessionKey};
-use crate::kms;
+use crate::keys::{self, KeyMaterial, LoadedBy, Scope, SessionKey};
+use crate::{kms, owner, rotation};
 
 struct KeyringRow {
     key_id: u32,
@@ -29,48 +32,133 @@ struct KeyringRow {
     key_check: Vec<u8>,
 }
 
-fn internal(what: &str, e: impl std::fmt::Display) -> ! {
-    pgrx::error!("pg_dscsa: {what}: {e}")
+fn internal(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("{what}: {e}"))
 }
 
-fn to_key_id(id: i32) -> u32 {
-    u32::try_from(id).unwrap_or_else(|_| internal("keyring", "negative key_id"))
+fn to_key_id(id: i32) -> Result<u32, Error> {
+    u32::try_from(id).map_err(|_| internal("keyring", "negative key_id"))
 }
 
-fn keyring_rows(key_name: &str) -> Vec<KeyringRow> {
-    Spi::connect(|client| {
-        let table = client.select(
-            // blind_index_length through to_jsonb: the column does not exist in a 0.1.0
-            // keyring, which this library must still read until ALTER EXTENSION UPDATE.
-            "SELECT key_id, version, status = 'active', kek_ref, wrapped_key, key_check,
-                    purpose, (pg_catalog.to_jsonb(k) ->> 'blind_index_length')::int2
-               FROM dscsa.keyring k
-              WHERE key_name = $1 AND status IN ('active', 'decrypt_only')
-              ORDER BY version",
-            None,
-            &[key_name.into()],
-        )?;
-        let mut rows = Vec::new();
-        for row in table {
-            let missing = || pgrx::spi::Error::NoTupleTable;
-            rows.push(KeyringRow {
-                key_id: to_key_id(row.get::<i32>(1)?.ok_or_else(missing)?),
-                version: row.get::<i32>(2)?.ok_or_else(missing)?,
-                active: row.get::<bool>(3)?.ok_or_else(missing)?,
-                kek_ref: row.get::<String>(4)?.ok_or_else(missing)?,
-                wrapped_key: row.get::<Vec<u8>>(5)?.ok_or_else(missing)?,
-                key_check: row.get::<Vec<u8>>(6)?.ok_or_else(missing)?,
-                purpose: row.get::<String>(7)?.ok_or_else(missing)?,
-                blind_index_length: row.get::<i16>(8)?,
-            });
-        }
-        Ok::<_, pgrx::spi::Error>(rows)
+/// The loadable versions of `key_name` (read as the extension owner).
+fn keyring_rows(key_name: &str) -> Result<Vec<KeyringRow>, Error> {
+    owner::as_extension_owner(|| {
+        Spi::connect(|client| {
+            let table = client.select(
+                // blind_index_length through to_jsonb: the column does not exist in a 0.1.0
+                // keyring, which this library must still read until ALTER EXTENSION UPDATE.
+                "SELECT key_id, version, status = 'active', kek_ref, wrapped_key, key_check,
+                        purpose, (to_jsonb(k) ->> 'blind_index_length')::int2
+                   FROM dscsa.keyring k
+                  WHERE key_name = $1 AND status IN ('active', 'decrypt_only')
+                  ORDER BY version",
+                None,
+                &[key_name.into()],
+            )?;
+            let mut rows = Vec::new();
+            for row in table {
+                let missing = || pgrx::spi::Error::NoTupleTable;
+                rows.push((
+                    row.get::<i32>(1)?.ok_or_else(missing)?,
+                    KeyringRow {
+                        key_id: 0,
+                        version: row.get::<i32>(2)?.ok_or_else(missing)?,
+                        active: row.get::<bool>(3)?.ok_or_else(missing)?,
+                        kek_ref: row.get::<String>(4)?.ok_or_else(missing)?,
+                        wrapped_key: row.get::<Vec<u8>>(5)?.ok_or_else(missing)?,
+                        key_check: row.get::<Vec<u8>>(6)?.ok_or_else(missing)?,
+                        purpose: row.get::<String>(7)?.ok_or_else(missing)?,
+                        blind_index_length: row.get::<i16>(8)?,
+                    },
+                ));
+            }
+            Ok::<_, pgrx::spi::Error>(rows)
+        })
+    })?
+    .map_err(|e| internal("reading the keyring failed", e))?
+    .into_iter()
+    .map(|(id, mut row)| {
+        row.key_id = to_key_id(id)?;
+        Ok(row)
     })
-    .unwrap_or_else(|e| internal("reading the keyring failed", e))
+    .collect()
+}
+
+/// What `role` may do with key `key_name`: everything for a superuser; otherwise the
+/// privileges granted by dscsa.grant_key to it or to a role whose privileges it has. A
+/// database still on the 0.1.0/0.2.0 schema (library installed, ALTER EXTENSION UPDATE
+/// not yet run) has no grants table: there the role-level grants alone decide, as before.
+fn privileges_of(role: pg_sys::Oid, key_name: &str) -> Result<Privileges, Error> {
+    if owner::is_superuser(role) {
+        return Ok(Privileges::ALL);
+    }
+    let names = owner::as_extension_owner(|| {
+        Spi::connect(|client| {
+            let exists = client
+                .select(
+                    "SELECT to_regclass('dscsa.key_grants') IS NOT NULL",
+                    None,
+                    &[],
+                )?
+                .first()
+                .get_one::<bool>()?
+                .unwrap_or(false);
+            if !exists {
+                return Ok(None);
+            }
+            let rows = client.select(
+                "SELECT DISTINCT g.privilege FROM dscsa.key_grants g
+                  WHERE g.key_name = $1 AND pg_has_role($2, g.grantee, 'USAGE')",
+                None,
+                &[key_name.into(), role.into()],
+            )?;
+            let mut names = Vec::new();
+            for row in rows {
+                if let Some(n) = row.get::<String>(1)? {
+                    names.push(n);
+                }
+            }
+            Ok::<_, pgrx::spi::Error>(Some(names))
+        })
+    })?
+    .map_err(|e| internal("reading the key grants failed", e))?;
+    match names {
+        None => Ok(Privileges::ALL),
+        Some(names) => Privileges::from_names(names.iter().map(String::as_str)),
+    }
+}
+
+/// The keyring's active version of key `key_name`.
+fn active_key_id(key_name: &str) -> Result<Option<u32>, Error> {
+    let id = owner::as_extension_owner(|| {
+        Spi::get_one_with_args::<i32>(
+            "SELECT k.key_id FROM dscsa.keyring k WHERE k.key_name = $1 AND k.status = 'active'",
+            &[key_name.into()],
+        )
+    })?
+    .map_err(|e| internal("looking up the active key version failed", e))?;
+    Ok(id.and_then(|id| u32::try_from(id).ok()))
+}
+
+/// Whether any keyring entry has this key id (whatever its status). Asked only on the
+/// decrypt error path, to tell a key that is not loaded from a key id no entry has.
+pub fn key_exists(key_id: u32) -> bool {
+    let Ok(id) = i32::try_from(key_id) else {
+        return false;
+    };
+    owner::as_extension_owner(|| {
+        Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM dscsa.keyring k WHERE k.key_id = $1)",
+            &[id.into()],
+        )
+    })
+    .or_raise()
+    .unwrap_or_else(|e| raise(internal("looking up a key id failed", e)))
+    .unwrap_or(false)
 }
 
 /// Unwraps a keyring row through the hook and checks the key against its check value.
-fn unwrap_raw(
+pub(crate) fn unwrap_raw(
     key_name: &str,
     key_id: u32,
     version: i32,
@@ -113,99 +201,127 @@ fn unwrap_row(key_name: &str, row: &KeyringRow) -> Result<KeyMaterial, Error> {
     }
 }
 
-/// Whether any keyring entry has this key id (whatever its status). Asked through a
-/// SECURITY DEFINER function because decrypting roles cannot read the keyring.
-pub fn key_exists(key_id: u32) -> bool {
-    let Ok(id) = i32::try_from(key_id) else {
-        return false;
-    };
-    Spi::get_one_with_args::<bool>("SELECT dscsa._key_exists($1)", &[id.into()])
-        .unwrap_or_else(|e| internal("looking up a key id failed", e))
-        .unwrap_or(false)
-}
-
-thread_local! {
-    /// The rotation check runs once per transaction of every session that encrypts or
-    /// looks up blind indexes, so its statement is prepared once per backend (the
-    /// plancache re-plans it if the extension is dropped and re-created).
-    static ACTIVE_KEY_PLAN: std::cell::RefCell<Option<pgrx::spi::OwnedPreparedStatement>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// The keyring's active version of key `key_name`, asked through a SECURITY DEFINER
-/// function (encrypting and reading roles cannot read the keyring).
-pub fn active_key_id(key_name: &str) -> Option<u32> {
-    Spi::connect(|client| {
-        ACTIVE_KEY_PLAN.with(|plan| {
-            let mut plan = plan.borrow_mut();
-            if plan.is_none() {
-                let stmt = client.prepare(
-                    "SELECT dscsa._active_key_id($1)",
-                    &[pgrx::PgOid::from(pg_sys::TEXTOID)],
-                )?;
-                *plan = Some(stmt.keep());
-            }
-            let Some(stmt) = plan.as_ref() else {
-                return Ok(None);
-            };
-            client
-                .select(stmt, Some(1), &[key_name.into()])?
-                .first()
-                .get_one::<i32>()
-        })
-    })
-    .unwrap_or_else(|e| internal("looking up the active key version failed", e))
-    .and_then(|id| u32::try_from(id).ok())
-}
-
-/// Reloads `key_name` through the SQL entry point, so that the keyring is read with the
-/// extension owner's rights whoever the caller is.
-pub fn reload(key_name: &str, scope: Scope) {
-    Spi::run_with_args(
-        "SELECT dscsa.load_key($1, $2)",
-        &[key_name.into(), scope.name().into()],
-    )
-    .unwrap_or_else(|e| internal("reloading a rotated key failed", e));
-}
-
-/// Loads a key into this session through the KMS hook (as the current user, through
-/// dscsa.load_key) if no version of it is loaded yet.
-pub fn ensure_loaded(name: &str) {
-    if !name.is_empty() && keys::loaded_scope(name.as_bytes()).is_none() {
-        reload(name, Scope::Session);
+/// Unwraps every usable version of `key_name` not yet in this session, for `role`. All or
+/// nothing: if any unwrap fails, the ones already unwrapped are dropped (zeroized) with
+/// the error. A role with no grant on the key is refused before the hook runs, with the
+/// same message whether or not the key exists.
+fn load(key_name: &str, scope: Scope, explicit: bool, role: pg_sys::Oid) -> Result<i32, Error> {
+    let privileges = privileges_of(role, key_name)?;
+    if privileges.is_empty() {
+        return Err(Error::PermissionDenied(format!(
+            "the current role holds no grant on key \"{key_name}\" (dscsa.grant_key)"
+        )));
     }
-}
-
-/// Unwraps every usable version of `key_name` not yet in this session. All or nothing:
-/// if any unwrap fails, the ones already unwrapped are dropped (zeroized) with the error.
-#[pg_extern(sql = false)]
-fn load_key(key_name: &str, scope: &str) -> i32 {
-    let scope = Scope::parse(scope).or_raise();
-    let rows = keyring_rows(key_name);
+    let rows = keyring_rows(key_name)?;
     if rows.is_empty() {
-        raise(Error::UnknownKey(key_name.to_string()));
+        return Err(Error::UnknownKey(key_name.to_string()));
     }
     // Versions retired since this session loaded them are forgotten (and zeroized).
     keys::remove_where(|k| k.name == key_name && !rows.iter().any(|r| r.key_id == k.key_id));
+    let explicit = explicit || keys::loaded_explicitly(key_name);
+    let by = LoadedBy {
+        role: role.to_u32(),
+        privileges,
+        scope,
+        explicit,
+    };
     let mut fresh = Vec::new();
     for row in &rows {
         if keys::is_loaded(row.key_id) {
-            keys::refresh(row.key_id, row.active, scope);
+            keys::refresh(row.key_id, row.active, &by);
             continue;
         }
-        let key = unwrap_row(key_name, row).or_raise();
+        let key = unwrap_row(key_name, row)?;
         fresh.push(SessionKey {
             key_id: row.key_id,
             name: key_name.to_string(),
             version: row.version,
             active: row.active,
             scope,
+            explicit,
+            loaded_by: by.role,
+            privileges,
             key,
         });
     }
     let active = rows.iter().find(|r| r.active).map(|r| r.key_id);
     keys::insert_all(key_name, fresh, active);
-    rows.len() as i32
+    Ok(rows.len() as i32)
+}
+
+/// Loads `name` for the current role if no version of it is usable by that role yet:
+/// what a trigger or an import does on first use. The key takes the scope the session
+/// chose for its explicit loads, never more (keys::implicit_scope), and the role needs
+/// EXECUTE on dscsa.load_key, as for an explicit load.
+pub fn ensure_loaded(name: &str) {
+    if name.is_empty() || keys::is_name_loaded_for_current_role(name) {
+        return;
+    }
+    authz::require_execute(Routine::LoadKey).or_raise();
+    load(name, keys::implicit_scope(), false, owner::current_user()).or_raise();
+}
+
+/// Brings the loaded keys in step with the keyring after another session changed it
+/// (src/rotation.rs tells when): a rotated key is reloaded so new values go under its
+/// new active version and lookups include it; a key whose versions were all retired
+/// stops encrypting; revoked grants take effect. Skipped while a parallel plan runs (no
+/// SPI is allowed then); the next statement of the session outside one catches up.
+pub fn sync_with_keyring() {
+    let Some(generation) = rotation::stale() else {
+        return;
+    };
+    // SAFETY: IsInParallelMode only reads backend-local transaction state.
+    if unsafe { pg_sys::IsInParallelMode() } {
+        return;
+    }
+    for name in keys::loaded_names() {
+        let allowed: Vec<(u32, Privileges)> = keys::loaders_of(&name)
+            .into_iter()
+            .map(|loader| {
+                let p = privileges_of(pg_sys::Oid::from(loader), &name).or_raise();
+                (loader, p)
+            })
+            .collect();
+        keys::restrict(&name, &allowed);
+        let Some(scope) = keys::loaded_scope(name.as_bytes()) else {
+            continue; // every grant on it was revoked: dropped above
+        };
+        match active_key_id(&name).or_raise() {
+            Some(id) if keys::is_loaded_active(id) => {}
+            Some(_) => {
+                // Reloaded for the role that holds it: the current role if that role may
+                // use it, else the key stays on its old version until its loader returns.
+                if keys::is_name_loaded_for_current_role(&name) {
+                    load(&name, scope, false, owner::current_user()).or_raise();
+                }
+            }
+            None => {
+                // No active version any more (all retired): keep the decrypt-only ones,
+                // but nothing may be encrypted under a stale active flag.
+                keys::deactivate(&name);
+            }
+        }
+    }
+    rotation::synced(generation);
+}
+
+/// `dscsa.load_key(key_name, scope)`: runs with the caller's rights; the key is bound to
+/// the caller (current_user) and carries the caller's per-key privileges.
+#[pg_extern(sql = false)]
+fn load_key_for_caller(key_name: &str, scope: &str) -> i32 {
+    let scope = Scope::parse(scope).or_raise();
+    load(key_name, scope, true, owner::current_user()).or_raise()
+}
+
+/// The 0.1.0/0.2.0 entry point, declared SECURITY DEFINER by those versions' scripts: in
+/// a database whose ALTER EXTENSION UPDATE has not run yet, the key is bound to the role
+/// outside the definer call (the session's current role), not to the definer.
+#[pg_extern(sql = false)]
+fn load_key(key_name: &str, scope: &str) -> i32 {
+    let scope = Scope::parse(scope).or_raise();
+    // SAFETY: reads a backend global.
+    let outer = unsafe { pg_sys::GetOuterUserId() };
+    load(key_name, scope, true, outer).or_raise()
 }
 
 #[pg_extern(sql = false)]
@@ -218,6 +334,7 @@ fn unload_all_keys() -> i32 {
     keys::remove_where(|_| true) as i32
 }
 
+/// The 0.1.0/0.2.0 form of loaded_keys (five columns).
 #[pg_extern(sql = false)]
 fn loaded_keys() -> TableIterator<
     'static,
@@ -229,118 +346,49 @@ fn loaded_keys() -> TableIterator<
         name!(scope, String),
     ),
 > {
-    TableIterator::new(
-        keys::snapshot()
+    TableIterator::new(keys::snapshot().into_iter().map(|k| {
+        (
+            k.name,
+            k.version,
+            k.key_id as i32,
+            k.active,
+            k.scope.name().to_string(),
+        )
+    }))
+}
+
+/// `dscsa.loaded_keys()`: which key versions this session holds, for which role and
+/// with which privileges (never the key bytes). (pgrx needs the row type spelled out.)
+#[allow(clippy::type_complexity)]
+#[pg_extern(sql = false)]
+fn loaded_key_details() -> TableIterator<
+    'static,
+    (
+        name!(key_name, String),
+        name!(version, i32),
+        name!(key_id, i32),
+        name!(active, bool),
+        name!(scope, String),
+        name!(loaded_by, pg_sys::Oid),
+        name!(privileges, Vec<String>),
+    ),
+> {
+    TableIterator::new(keys::snapshot().into_iter().map(|k| {
+        let privileges = KeyPrivilege::ALL
             .into_iter()
-            .map(|(name, version, id, active, scope)| {
-                (name, version, id as i32, active, scope.name().to_string())
-            }),
-    )
-}
-
-/// What the wrapping functions return: wrapped key, KEK reference, key check value.
-type Wrapped = (Vec<u8>, String, Vec<u8>);
-
-/// Has the hook wrap `key` under `kek` and checks that the hook can unwrap it again
-/// before anything depends on it: a hook that cannot unwrap what it wrapped would make
-/// every value under this key unrecoverable.
-fn wrap_and_verify(key_id: i32, key_name: &str, version: i32, kek: &str, key: &[u8]) -> Wrapped {
-    let id = to_key_id(key_id);
-    let check = key_check_value(key);
-    let wrapped = kms::call(
-        Operation::Wrap,
-        kek,
-        id,
-        key_name,
-        version as u32,
-        Zeroizing::new(key.to_vec()),
-    )
-    .or_raise();
-    let kek_ref = wrapped.kek.clone().unwrap_or_else(|| kek.to_string());
-    drop(unwrap_raw(key_name, id, version, &kek_ref, &wrapped.data, &check).or_raise());
-    (wrapped.data.to_vec(), kek_ref, check.to_vec())
-}
-
-/// A fresh random key (data or blind-index), wrapped. Returns only the wrapped form and
-/// its check value.
-#[pg_extern(sql = false)]
-fn wrap_new_key(
-    key_id: i32,
-    key_name: &str,
-    version: i32,
-    kek: &str,
-) -> TableIterator<
-    'static,
-    (
-        name!(wrapped_key, Vec<u8>),
-        name!(kek_ref, String),
-        name!(key_check, Vec<u8>),
-    ),
-> {
-    let key = generate_data_key().or_raise();
-    TableIterator::once(wrap_and_verify(key_id, key_name, version, kek, &key[..]))
-}
-
-/// Another application's key, fetched from the KMS by `reference` (hook operation
-/// `import`) and wrapped under `kek` like our own keys.
-#[pg_extern(sql = false)]
-fn wrap_imported_key(
-    key_id: i32,
-    key_name: &str,
-    version: i32,
-    reference: &str,
-    kek: &str,
-) -> TableIterator<
-    'static,
-    (
-        name!(wrapped_key, Vec<u8>),
-        name!(kek_ref, String),
-        name!(key_check, Vec<u8>),
-    ),
-> {
-    let id = to_key_id(key_id);
-    let key = kms::call(
-        Operation::Import,
-        reference,
-        id,
-        key_name,
-        version as u32,
-        Zeroizing::new(Vec::new()),
-    )
-    .or_raise();
-    TableIterator::once(wrap_and_verify(key_id, key_name, version, kek, &key.data))
-}
-
-/// KEK rotation for one keyring entry: unwrap under its current KEK, wrap under
-/// `new_kek`, prove the new wrap unwraps to the same key (check value). No data changes.
-#[allow(clippy::too_many_arguments)]
-#[pg_extern(sql = false)]
-fn rewrap_key(
-    key_id: i32,
-    key_name: &str,
-    version: i32,
-    kek_ref: &str,
-    wrapped_key: &[u8],
-    key_check: &[u8],
-    new_kek: &str,
-) -> TableIterator<
-    'static,
-    (
-        name!(wrapped_key, Vec<u8>),
-        name!(kek_ref, String),
-        name!(key_check, Vec<u8>),
-    ),
-> {
-    let key = unwrap_raw(
-        key_name,
-        to_key_id(key_id),
-        version,
-        kek_ref,
-        wrapped_key,
-        key_check,
-    )
-    .or_raise();
-    TableIterator::once(wrap_and_verify(key_id, key_name, version, new_kek, &key))
+            .filter(|p| k.privileges.has(*p))
+            .map(|p| p.name().to_string())
+            .collect();
+        (
+            k.name,
+            k.version,
+            k.key_id as i32,
+            k.active,
+            k.scope.name().to_string(),
+            pg_sys::Oid::from(k.loaded_by),
+            privileges,
+        )
+    }))
 }
 
 /// `dscsa._in_transaction_block()`: whether the current statement runs inside an explicit

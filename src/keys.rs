@@ -1,16 +1,26 @@
 //! The session's data keys: unwrapped through the KMS hook, held in this backend's Rust
-//! memory only, and zeroized on unload, at transaction end (transaction-scoped keys), at
-//! backend exit, and on any failed load. Keys are never copied to shared memory, so
-//! parallel workers never see them (the functions that need them are PARALLEL RESTRICTED).
+//! memory only, and zeroized on unload, at transaction end (transaction-scoped keys), on
+//! DISCARD ALL and RESET ALL (src/hooks.rs), at backend exit, and on any failed load.
+//! Keys are never copied to shared memory, so parallel workers never see them (the
+//! functions that need them are PARALLEL RESTRICTED).
+//!
+//! A key belongs to the role that loaded it: every use checks that the current role is
+//! that role or a member of it, and that the loader holds the key privilege the use needs
+//! (dscsa.grant_key). After SET ROLE to an outsider the key is unusable until an
+//! authorized role loads it again.
 
 use std::cell::RefCell;
 
+use dscsa_core::access::{KeyPrivilege, Privileges};
 use dscsa_core::blind::BlindIndexKey;
 use dscsa_core::cipher::DataKey;
 use dscsa_core::envelope::NONCE_LEN;
 use dscsa_core::nonce::NonceSource;
+use dscsa_core::provenance::{self, SealLog};
 use dscsa_core::{Error, Result};
 use pgrx::pg_sys;
+
+use crate::owner;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -55,12 +65,54 @@ pub struct SessionKey {
     pub version: i32,
     pub active: bool,
     pub scope: Scope,
+    /// Loaded by a dscsa.load_key() call (not implicitly by a trigger or an import).
+    pub explicit: bool,
+    /// The role that loaded it: only it and its members may use it.
+    pub loaded_by: u32,
+    /// What the loader may do with it (its dscsa.key_grants, or all for a superuser).
+    pub privileges: Privileges,
     pub key: KeyMaterial,
+}
+
+impl SessionKey {
+    /// Checks that the current role may use this key for `need`: it is the loader or a
+    /// member of it (keys belong to the role that loaded them, not to the backend), and
+    /// the loader holds the privilege on the key.
+    fn check(&self, need: KeyPrivilege) -> Result<()> {
+        self.check_role()?;
+        if !self.privileges.has(need) && owner::current_user().to_u32() != self.loaded_by {
+            // A member using its parent role's load gets the parent's privileges; its
+            // own may be wider, but only a load of its own would carry them.
+            return Err(Error::KeyLoadedByOtherRole(self.name.clone()));
+        }
+        self.privileges.require(need, &self.name)
+    }
+
+    fn check_role(&self) -> Result<()> {
+        let me = owner::current_user();
+        if owner::has_privs_of(me, pg_sys::Oid::from(self.loaded_by)) {
+            Ok(())
+        } else {
+            Err(Error::KeyLoadedByOtherRole(self.name.clone()))
+        }
+    }
+}
+
+/// How an envelope is to be opened.
+#[derive(Clone, Copy)]
+pub enum OpenFor<'a> {
+    /// To reveal or authenticate the value: needs the decrypt privilege.
+    Decrypt,
+    /// To compute its blind index inside a trigger: the decrypt privilege, or the
+    /// envelope (this nonce) was sealed by the current role in this transaction, so the
+    /// role knew the plaintext anyway (core/src/provenance.rs).
+    BlindIndex { nonce: &'a [u8; NONCE_LEN] },
 }
 
 thread_local! {
     static KEYS: RefCell<Vec<SessionKey>> = const { RefCell::new(Vec::new()) };
     static NONCES: RefCell<NonceSource> = const { RefCell::new(NonceSource::new()) };
+    static SEALED: RefCell<Option<SealLog>> = const { RefCell::new(None) };
 }
 
 fn pid() -> u32 {
@@ -72,15 +124,44 @@ pub fn next_nonce() -> Result<[u8; NONCE_LEN]> {
     NONCES.with(|n| n.borrow_mut().next_nonce(pid()))
 }
 
-/// Runs `f` with the data key for `key_id`. An envelope naming a key id of another
-/// purpose cannot have been made by dscsa_encrypt: it fails authentication.
-pub fn with_key_id<T>(key_id: u32, f: impl FnOnce(&DataKey) -> T) -> Result<T> {
+/// Notes that the current role sealed an envelope with `nonce` (see `OpenFor::BlindIndex`).
+pub fn record_seal(nonce: &[u8; NONCE_LEN]) {
+    let me = owner::current_user().to_u32();
+    SEALED.with(|s| {
+        s.borrow_mut()
+            .get_or_insert_with(|| SealLog::new(provenance::DEFAULT_CAPACITY))
+            .record(nonce, me)
+    });
+}
+
+pub fn sealed_by_current_role(nonce: &[u8; NONCE_LEN]) -> bool {
+    let me = owner::current_user().to_u32();
+    SEALED.with(|s| {
+        s.borrow()
+            .as_ref()
+            .is_some_and(|log| log.sealed_by(nonce, me))
+    })
+}
+
+/// Runs `f` with the data key for `key_id`, after checking that the current role may
+/// open values with it `how`. An envelope naming a key id of another purpose cannot have
+/// been made by dscsa_encrypt: it fails authentication.
+pub fn with_key_id<T>(key_id: u32, how: OpenFor<'_>, f: impl FnOnce(&DataKey) -> T) -> Result<T> {
     KEYS.with(|keys| {
         let keys = keys.borrow();
         let k = keys
             .iter()
             .find(|k| k.key_id == key_id)
             .ok_or(Error::KeyVersionNotLoaded(key_id))?;
+        match how {
+            OpenFor::Decrypt => k.check(KeyPrivilege::Decrypt)?,
+            OpenFor::BlindIndex { nonce } => {
+                k.check_role()?;
+                if !sealed_by_current_role(nonce) {
+                    k.privileges.require(KeyPrivilege::Decrypt, &k.name)?;
+                }
+            }
+        }
         match &k.key {
             KeyMaterial::Data(key) => Ok(f(key)),
             _ => Err(Error::AuthenticationFailed),
@@ -104,7 +185,10 @@ pub fn with_active_key<T>(name: &[u8], f: impl FnOnce(u32, &DataKey) -> T) -> Re
             .find(|k| k.active && k.name.as_bytes() == name)
             .ok_or_else(|| Error::NoActiveKeyLoaded(String::from_utf8_lossy(name).into_owned()))?;
         match &k.key {
-            KeyMaterial::Data(key) => Ok(f(k.key_id, key)),
+            KeyMaterial::Data(key) => {
+                k.check(KeyPrivilege::Encrypt)?;
+                Ok(f(k.key_id, key))
+            }
             _ => Err(wrong_purpose(name, "data")),
         }
     })
@@ -122,7 +206,10 @@ pub fn with_active_blind_key<T>(
             .find(|k| k.active && k.name.as_bytes() == name)
             .ok_or_else(|| Error::NoActiveKeyLoaded(String::from_utf8_lossy(name).into_owned()))?;
         match &k.key {
-            KeyMaterial::BlindIndex(key) => Ok(f(k.key_id, key)),
+            KeyMaterial::BlindIndex(key) => {
+                k.check(KeyPrivilege::BlindIndex)?;
+                Ok(f(k.key_id, key))
+            }
             _ => Err(wrong_purpose(name, "blind-index")),
         }
     })
@@ -142,7 +229,10 @@ pub fn for_each_blind_key(name: &[u8], mut f: impl FnMut(u32, &BlindIndexKey)) -
         versions.sort_by_key(|k| (!k.active, -k.version));
         for k in versions {
             match &k.key {
-                KeyMaterial::BlindIndex(key) => f(k.key_id, key),
+                KeyMaterial::BlindIndex(key) => {
+                    k.check(KeyPrivilege::BlindIndex)?;
+                    f(k.key_id, key)
+                }
                 _ => return Err(wrong_purpose(name, "blind-index")),
             }
         }
@@ -151,7 +241,8 @@ pub fn for_each_blind_key(name: &[u8], mut f: impl FnMut(u32, &BlindIndexKey)) -
 }
 
 /// Tries `f` with every loaded version of import key `name`, newest first, until one
-/// succeeds; returns the last error otherwise.
+/// succeeds; returns the last error otherwise. Opening another application's values is
+/// decrypting: it needs the decrypt privilege on the import key.
 pub fn try_import_keys<T>(name: &[u8], mut f: impl FnMut(&DataKey) -> Result<T>) -> Result<T> {
     KEYS.with(|keys| {
         let keys = keys.borrow();
@@ -161,10 +252,13 @@ pub fn try_import_keys<T>(name: &[u8], mut f: impl FnMut(&DataKey) -> Result<T>)
         let mut last = Error::NoActiveKeyLoaded(String::from_utf8_lossy(name).into_owned());
         for k in versions {
             match &k.key {
-                KeyMaterial::Import(key) => match f(key) {
-                    Ok(v) => return Ok(v),
-                    Err(e) => last = e,
-                },
+                KeyMaterial::Import(key) => {
+                    k.check(KeyPrivilege::Decrypt)?;
+                    match f(key) {
+                        Ok(v) => return Ok(v),
+                        Err(e) => last = e,
+                    }
+                }
                 _ => return Err(wrong_purpose(name, "import")),
             }
         }
@@ -192,6 +286,24 @@ pub fn loaded_scope(name: &[u8]) -> Option<Scope> {
     })
 }
 
+/// The scope of a key a trigger or an import loads on its own: never more than what the
+/// session chose for the keys it loaded explicitly. Session only while some explicitly
+/// loaded key is session-scoped; otherwise (nothing loaded explicitly, or only for the
+/// transaction, as behind a transaction pooler) the key goes at transaction end.
+pub fn implicit_scope() -> Scope {
+    KEYS.with(|keys| {
+        if keys
+            .borrow()
+            .iter()
+            .any(|k| k.explicit && k.scope == Scope::Session)
+        {
+            Scope::Session
+        } else {
+            Scope::Transaction
+        }
+    })
+}
+
 /// Whether `key_id` is loaded and is what this session takes as the active version.
 pub fn is_loaded_active(key_id: u32) -> bool {
     KEYS.with(|keys| keys.borrow().iter().any(|k| k.key_id == key_id && k.active))
@@ -201,17 +313,49 @@ pub fn is_loaded(key_id: u32) -> bool {
     KEYS.with(|keys| keys.borrow().iter().any(|k| k.key_id == key_id))
 }
 
-/// Refreshes metadata of an already loaded version (status may have changed by a rotation
-/// in another session) and widens its scope to `scope` if that is broader.
-pub fn refresh(key_id: u32, active: bool, scope: Scope) {
+/// Whether any version of `name` was loaded explicitly (its reloads stay explicit).
+pub fn loaded_explicitly(name: &str) -> bool {
+    KEYS.with(|keys| keys.borrow().iter().any(|k| k.name == name && k.explicit))
+}
+
+/// Whether some version of `name` is loaded for a role whose privileges the current role has.
+pub fn is_name_loaded_for_current_role(name: &str) -> bool {
+    KEYS.with(|keys| {
+        keys.borrow()
+            .iter()
+            .any(|k| k.name == name && k.check_role().is_ok())
+    })
+}
+
+/// Refreshes an already loaded version: its status (a rotation in another session may
+/// have changed it) and, when another role loads it, its loader, privileges and scope
+/// (the new load takes it over, as if it had not been loaded). A reload by the same
+/// role keeps its scope unless an explicit session-scoped load widens it.
+pub fn refresh(key_id: u32, active: bool, load: &LoadedBy) {
     KEYS.with(|keys| {
         for k in keys.borrow_mut().iter_mut().filter(|k| k.key_id == key_id) {
             k.active = active;
-            if scope == Scope::Session {
-                k.scope = Scope::Session;
+            k.privileges = load.privileges;
+            if k.loaded_by != load.role {
+                k.loaded_by = load.role;
+                k.scope = load.scope;
+                k.explicit = load.explicit;
+            } else if load.explicit {
+                k.explicit = true;
+                if load.scope == Scope::Session {
+                    k.scope = Scope::Session;
+                }
             }
         }
     })
+}
+
+/// Who loads a key, with what rights, and how.
+pub struct LoadedBy {
+    pub role: u32,
+    pub privileges: Privileges,
+    pub scope: Scope,
+    pub explicit: bool,
 }
 
 /// Adds freshly unwrapped versions all at once (a load either adds all or none), and
@@ -227,6 +371,58 @@ pub fn insert_all(name: &str, new_keys: Vec<SessionKey>, active_key_id: Option<u
     })
 }
 
+/// The roles that loaded versions of `name`.
+pub fn loaders_of(name: &str) -> Vec<u32> {
+    KEYS.with(|keys| {
+        let mut roles: Vec<u32> = keys
+            .borrow()
+            .iter()
+            .filter(|k| k.name == name)
+            .map(|k| k.loaded_by)
+            .collect();
+        roles.sort_unstable();
+        roles.dedup();
+        roles
+    })
+}
+
+/// Replaces the privileges of the loaded versions of `name` with what their loaders
+/// hold now (after a revocation), and drops the versions whose loader holds nothing any
+/// more. Returns how many were dropped.
+pub fn restrict(name: &str, allowed: &[(u32, Privileges)]) -> usize {
+    KEYS.with(|keys| {
+        let mut keys = keys.borrow_mut();
+        for k in keys.iter_mut().filter(|k| k.name == name) {
+            k.privileges = allowed
+                .iter()
+                .find(|(role, _)| *role == k.loaded_by)
+                .map_or(Privileges::NONE, |(_, p)| *p);
+        }
+        let before = keys.len();
+        keys.retain(|k| !(k.name == name && k.privileges.is_empty()));
+        before - keys.len()
+    })
+}
+
+/// Marks no loaded version of `name` active (its active version was retired).
+pub fn deactivate(name: &str) {
+    KEYS.with(|keys| {
+        for k in keys.borrow_mut().iter_mut().filter(|k| k.name == name) {
+            k.active = false;
+        }
+    })
+}
+
+/// Names of the keys loaded (each once).
+pub fn loaded_names() -> Vec<String> {
+    KEYS.with(|keys| {
+        let mut names: Vec<String> = keys.borrow().iter().map(|k| k.name.clone()).collect();
+        names.sort();
+        names.dedup();
+        names
+    })
+}
+
 /// Drops (and so zeroizes) the keys matching `pred`; returns how many.
 pub fn remove_where(pred: impl Fn(&SessionKey) -> bool) -> usize {
     KEYS.with(|keys| {
@@ -237,11 +433,30 @@ pub fn remove_where(pred: impl Fn(&SessionKey) -> bool) -> usize {
     })
 }
 
-pub fn snapshot() -> Vec<(String, i32, u32, bool, Scope)> {
+/// What dscsa.loaded_keys() shows of one key: never key material.
+pub struct KeyInfo {
+    pub name: String,
+    pub version: i32,
+    pub key_id: u32,
+    pub active: bool,
+    pub scope: Scope,
+    pub loaded_by: u32,
+    pub privileges: Privileges,
+}
+
+pub fn snapshot() -> Vec<KeyInfo> {
     KEYS.with(|keys| {
         keys.borrow()
             .iter()
-            .map(|k| (k.name.clone(), k.version, k.key_id, k.active, k.scope))
+            .map(|k| KeyInfo {
+                name: k.name.clone(),
+                version: k.version,
+                key_id: k.key_id,
+                active: k.active,
+                scope: k.scope,
+                loaded_by: k.loaded_by,
+                privileges: k.privileges,
+            })
             .collect()
     })
 }
@@ -261,6 +476,11 @@ unsafe extern "C-unwind" fn on_xact_event(
             | XACT_EVENT_PARALLEL_ABORT
     ) {
         remove_where(|k| k.scope == Scope::Transaction);
+        SEALED.with(|s| {
+            if let Some(log) = s.borrow_mut().as_mut() {
+                log.clear();
+            }
+        });
     }
 }
 

@@ -2,22 +2,29 @@
 //!
 //! This crate is the thin PostgreSQL layer; the format, crypto, KMS protocol and hook
 //! runner live in the pure-Rust `dscsa-core` crate. The SQL surface (types, domains,
-//! functions, keyring, roles, grants) is written by hand in `sql/` and wired in here.
+//! functions, keyring, roles, grants) is written by hand in `sql/` and wired in here:
+//! `types.sql` and `tables.sql` are created once; every other file holds routines and
+//! views only (CREATE OR REPLACE) and is replayed by upgrade scripts.
 
 use pgrx::prelude::*;
 
-mod audit;
+mod authz;
 mod blind;
 mod crypto;
 mod error;
 mod fmgr;
 mod guc;
+mod hooks;
+mod integrity;
 mod keyring;
 mod keys;
 mod kms;
+mod owner;
+mod registry;
 mod rotation;
 mod triggers;
 mod type_io;
+mod wrapping;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -28,9 +35,14 @@ extension_sql_file!(
     requires = ["types"]
 );
 extension_sql_file!(
+    "../sql/tables.sql",
+    name = "tables",
+    requires = ["functions"]
+);
+extension_sql_file!(
     "../sql/keyring.sql",
     name = "keyring",
-    requires = ["functions"]
+    requires = ["tables"]
 );
 extension_sql_file!(
     "../sql/blind_index.sql",
@@ -42,7 +54,12 @@ extension_sql_file!(
     name = "protect",
     requires = ["blind_index"]
 );
-extension_sql_file!("../sql/views.sql", name = "views", requires = ["protect"]);
+extension_sql_file!(
+    "../sql/rewrite.sql",
+    name = "rewrite",
+    requires = ["protect"]
+);
+extension_sql_file!("../sql/views.sql", name = "views", requires = ["rewrite"]);
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 #[pg_guard]
@@ -50,9 +67,13 @@ pub extern "C-unwind" fn _PG_init() {
     guc::init();
     keys::init();
     rotation::init();
+    hooks::init();
 }
 
+/// In-backend tests live in pgrx-tests/ (they compile into the extension under the
+/// `pg_test` feature, as `cargo pgrx test` requires).
 #[cfg(any(test, feature = "pg_test"))]
+#[path = "../pgrx-tests/mod.rs"]
 mod pg_tests;
 
 /// Required by `cargo pgrx test`.

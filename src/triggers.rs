@@ -8,9 +8,20 @@
 //!
 //! Both are written in Rust rather than generated PL/pgSQL so that one function serves
 //! every table (the column names come from trigger arguments) at the cost of a few
-//! microseconds per row. They run with the writing user's rights; the user's session
-//! needs the keys, which are loaded through the KMS hook on first use
-//! (`dscsa.load_key`, so the user must be allowed to call it).
+//! microseconds per row. They run with the writing user's rights and do only what that
+//! user could do through the SQL functions (docs/SECURITY.md, "Triggers"):
+//!
+//! - encrypting a plaintext needs EXECUTE on the field's `dscsa_encrypt_*` function and
+//!   the encrypt privilege on the data key;
+//! - a blind index needs EXECUTE on `dscsa.blind_index` and the blind_index privilege;
+//! - computing the blind index of a written ciphertext means decrypting it: that needs
+//!   EXECUTE on the field's `dscsa_decrypt` and the decrypt privilege on its key, unless
+//!   the current role sealed that very envelope in this transaction (it knew the
+//!   plaintext; src/keys.rs, `OpenFor::BlindIndex`). Otherwise a role that cannot decrypt
+//!   could copy a ciphertext in and read its HMAC out, an oracle for guessing values.
+//!
+//! Anything else is refused with 42501. Missing keys are loaded through the KMS hook on
+//! first use, with the scope the session chose for its own loads (src/keyring.rs).
 
 use std::ffi::{CStr, CString};
 
@@ -19,11 +30,13 @@ use dscsa_core::Error;
 use pgrx::pg_sys;
 use zeroize::Zeroizing;
 
+use crate::authz::{require_execute, Routine};
 use crate::blind::active_blind_index;
 use crate::crypto::{open_transient, seal_varlena};
 use crate::error::{raise, OrRaise};
 use crate::fmgr::{datum_bytes, pg_v1_function, varlena_from};
 use crate::keyring::ensure_loaded;
+use crate::keys::OpenFor;
 
 struct Trigger<'a> {
     data: &'a pg_sys::TriggerData,
@@ -32,7 +45,7 @@ struct Trigger<'a> {
 }
 
 fn misuse(msg: &str) -> ! {
-    raise(Error::InvalidArgument(format!("pg_dscsa trigger: {msg}")))
+    raise(Error::TriggerProtocol(msg.to_string()))
 }
 
 impl<'a> Trigger<'a> {
@@ -197,6 +210,7 @@ fn plaintext_of(trigger: &Trigger<'_>, attnum: i32) -> Option<Zeroizing<Vec<u8>>
 
 /// The blind index of `plaintext` under the active version of `bidx_key`.
 fn blind_index_bytes(bidx_key: &str, kind: FieldKind, plaintext: &[u8]) -> Vec<u8> {
+    require_execute(Routine::BlindIndex).or_raise();
     ensure_loaded(bidx_key);
     let text = std::str::from_utf8(plaintext).unwrap_or_else(|_| raise(Error::InvalidTextEncoding));
     active_blind_index(bidx_key, kind, text)
@@ -208,45 +222,31 @@ fn blind_index_datum(bidx_key: &str, kind: FieldKind, plaintext: &[u8]) -> pg_sy
 
 // Arguments: plain column, twin column, field kind, context, data key, blind-index
 // column ('' for none), blind-index key ('' for none).
-pg_v1_function!(fn protect_sync_trigger, pg_finfo_protect_sync_trigger, |fcinfo| unsafe {
+unsafe fn protect_sync_trigger_impl(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     let t = Trigger::from_fcinfo(fcinfo, 7);
     let [plain, twin, kind, context, data_key, bidx_col, bidx_key] = &t.args[..] else {
         misuse("bad arguments")
     };
     let (plain_at, twin_at) = (t.attnum(plain), t.attnum(twin));
     let bidx_at = (!bidx_col.is_empty()).then(|| t.attnum(bidx_col));
-    let twin_missing = t.get(t.new_tuple(), twin_at).is_none() && t.get(t.new_tuple(), plain_at).is_some();
+    let twin_missing =
+        t.get(t.new_tuple(), twin_at).is_none() && t.get(t.new_tuple(), plain_at).is_some();
     let bidx_touched = bidx_at.is_some_and(|a| t.changed(a));
     // An UPDATE that leaves the plaintext, twin and index alone has nothing to redo; one
-    // that sets the twin or index directly is overruled (they derive from the plaintext).
-    if t.is_update() && !t.changed(plain_at) && !t.changed(twin_at) && !bidx_touched && !twin_missing {
+    // that sets the twin or index directly is overruled (they derive from the plaintext,
+    // and are always recomputed: keeping a supplied twin that "matches" would tell the
+    // writer whether a ciphertext it cannot decrypt holds a guessed plaintext).
+    if t.is_update()
+        && !t.changed(plain_at)
+        && !t.changed(twin_at)
+        && !bidx_touched
+        && !twin_missing
+    {
         return t.unchanged();
     }
     let kind = field_kind(kind);
-    let plaintext = plaintext_of(&t, plain_at);
-    // A twin (and index) written by the statement itself, as the online backfill does, is
-    // kept when it provably derives from this row's plaintext: the twin authenticates
-    // under its key version with this column's kind and context and decrypts to exactly
-    // the plaintext, and the index equals the plaintext's index under the active key.
-    // Checking costs one decryption; it saves re-encrypting and rebuilding the row.
-    if let Some(p) = &plaintext {
-        let twin_ok = t.bytes(t.new_tuple(), twin_at).is_some_and(|env| {
-            ensure_loaded(data_key);
-            Envelope::parse(env).is_ok_and(|e| e.kind == kind)
-                && open_transient(env, context.as_bytes()).is_ok_and(|opened| opened[..] == p[..])
-        });
-        let bidx_ok = match bidx_at {
-            None => true,
-            Some(a) => t.bytes(t.new_tuple(), a).is_some_and(|index| {
-                blind_index_bytes(bidx_key, kind, p).as_slice() == index
-            }),
-        };
-        if twin_ok && bidx_ok {
-            return t.unchanged();
-        }
-    }
     let mut values = Vec::with_capacity(2);
-    match &plaintext {
+    match plaintext_of(&t, plain_at) {
         None => {
             values.push((twin_at, None));
             if let Some(a) = bidx_at {
@@ -254,19 +254,23 @@ pg_v1_function!(fn protect_sync_trigger, pg_finfo_protect_sync_trigger, |fcinfo|
             }
         }
         Some(p) => {
+            require_execute(Routine::Encrypt(kind)).or_raise();
             ensure_loaded(data_key);
-            let envelope = seal_varlena(data_key.as_bytes(), kind, context.as_bytes(), p).or_raise();
+            let envelope =
+                seal_varlena(data_key.as_bytes(), kind, context.as_bytes(), &p).or_raise();
             values.push((twin_at, Some(envelope)));
             if let Some(a) = bidx_at {
-                values.push((a, Some(blind_index_datum(bidx_key, kind, p))));
+                values.push((a, Some(blind_index_datum(bidx_key, kind, &p))));
             }
         }
     }
     t.replace(&values)
-});
+}
+
+pg_v1_function!(fn protect_sync_trigger, pg_finfo_protect_sync_trigger, protect_sync_trigger_impl);
 
 // Arguments: encrypted column, blind-index column, blind-index key, context, data key.
-pg_v1_function!(fn blind_index_trigger, pg_finfo_blind_index_trigger, |fcinfo| unsafe {
+unsafe fn blind_index_trigger_impl(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     let t = Trigger::from_fcinfo(fcinfo, 5);
     let [enc, bidx_col, bidx_key, context, data_key] = &t.args[..] else {
         misuse("bad arguments")
@@ -280,9 +284,23 @@ pg_v1_function!(fn blind_index_trigger, pg_finfo_blind_index_trigger, |fcinfo| u
     let Some(envelope) = envelope else {
         return t.replace(&[(bidx_at, None)]);
     };
+    let parsed = Envelope::parse(envelope).or_raise();
+    require_execute(Routine::BlindIndex).or_raise();
+    // Decrypting to hash: the decrypt right, unless this role sealed the envelope itself.
+    if !crate::keys::sealed_by_current_role(parsed.nonce) {
+        require_execute(Routine::Decrypt(parsed.kind)).or_raise();
+    }
     ensure_loaded(data_key);
-    let kind = Envelope::parse(envelope).or_raise().kind;
-    let plaintext = open_transient(envelope, context.as_bytes()).or_raise();
-    let index = blind_index_datum(bidx_key, kind, &plaintext);
+    let plaintext = open_transient(
+        envelope,
+        context.as_bytes(),
+        OpenFor::BlindIndex {
+            nonce: parsed.nonce,
+        },
+    )
+    .or_raise();
+    let index = blind_index_datum(bidx_key, parsed.kind, &plaintext);
     t.replace(&[(bidx_at, Some(index))])
-});
+}
+
+pg_v1_function!(fn blind_index_trigger, pg_finfo_blind_index_trigger, blind_index_trigger_impl);

@@ -16,36 +16,45 @@ use crate::fmgr::{arg_bytes, pg_v1_function, varlena_from};
 // SAFETY (every function below): PostgreSQL calls type I/O functions with a valid fcinfo
 // and a non-NULL argument of the declared type (they are STRICT).
 
-pg_v1_function!(fn dscsa_encrypted_in, pg_finfo_dscsa_encrypted_in, |fcinfo| unsafe {
-    let text = CStr::from_ptr(pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, 0).cast_mut_ptr::<c_char>());
+unsafe fn dscsa_encrypted_in_impl(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    let text =
+        CStr::from_ptr(pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, 0).cast_mut_ptr::<c_char>());
     let text = text
         .to_str()
         .map_err(|_| Error::MalformedEnvelope("text is not valid UTF-8"))
         .or_raise();
     let bytes = armor::decode(text).or_raise();
     varlena_from(&bytes)
-});
+}
 
-pg_v1_function!(fn dscsa_encrypted_out, pg_finfo_dscsa_encrypted_out, |fcinfo| unsafe {
+pg_v1_function!(fn dscsa_encrypted_in, pg_finfo_dscsa_encrypted_in, dscsa_encrypted_in_impl);
+
+unsafe fn dscsa_encrypted_out_impl(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     let text = armor::encode(arg_bytes(fcinfo, 0));
     let out = pg_sys::palloc(text.len() + 1).cast::<u8>();
     std::ptr::copy_nonoverlapping(text.as_ptr(), out, text.len());
     *out.add(text.len()) = 0;
     pg_sys::Datum::from(out)
-});
+}
 
-pg_v1_function!(fn dscsa_armor, pg_finfo_dscsa_armor, |fcinfo| unsafe {
+pg_v1_function!(fn dscsa_encrypted_out, pg_finfo_dscsa_encrypted_out, dscsa_encrypted_out_impl);
+
+unsafe fn dscsa_armor_impl(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     varlena_from(armor::encode(arg_bytes(fcinfo, 0)).as_bytes())
-});
+}
 
-pg_v1_function!(fn dscsa_dearmor, pg_finfo_dscsa_dearmor, |fcinfo| unsafe {
+pg_v1_function!(fn dscsa_armor, pg_finfo_dscsa_armor, dscsa_armor_impl);
+
+unsafe fn dscsa_dearmor_impl(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     let text = std::str::from_utf8(arg_bytes(fcinfo, 0))
         .map_err(|_| Error::MalformedEnvelope("text is not valid UTF-8"))
         .or_raise();
     varlena_from(&armor::decode(text).or_raise())
-});
+}
 
-pg_v1_function!(fn dscsa_encrypted_recv, pg_finfo_dscsa_encrypted_recv, |fcinfo| unsafe {
+pg_v1_function!(fn dscsa_dearmor, pg_finfo_dscsa_dearmor, dscsa_dearmor_impl);
+
+unsafe fn dscsa_encrypted_recv_impl(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     let buf = pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, 0).cast_mut_ptr::<pg_sys::StringInfoData>();
     let start = (*buf).cursor as usize;
     let end = (*buf).len as usize;
@@ -53,18 +62,24 @@ pg_v1_function!(fn dscsa_encrypted_recv, pg_finfo_dscsa_encrypted_recv, |fcinfo|
     Envelope::parse(bytes).or_raise();
     (*buf).cursor = (*buf).len;
     varlena_from(bytes)
-});
+}
 
-pg_v1_function!(fn dscsa_encrypted_send, pg_finfo_dscsa_encrypted_send, |fcinfo| unsafe {
+pg_v1_function!(fn dscsa_encrypted_recv, pg_finfo_dscsa_encrypted_recv, dscsa_encrypted_recv_impl);
+
+unsafe fn dscsa_encrypted_send_impl(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     varlena_from(arg_bytes(fcinfo, 0))
-});
+}
+
+pg_v1_function!(fn dscsa_encrypted_send, pg_finfo_dscsa_encrypted_send, dscsa_encrypted_send_impl);
 
 // bytea -> dscsa.encrypted, accepted only if the bytes are a well-formed envelope.
-pg_v1_function!(fn dscsa_encrypted_from_bytea, pg_finfo_dscsa_encrypted_from_bytea, |fcinfo| unsafe {
+unsafe fn dscsa_encrypted_from_bytea_impl(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     let bytes = arg_bytes(fcinfo, 0);
     Envelope::parse(bytes).or_raise();
     varlena_from(bytes)
-});
+}
+
+pg_v1_function!(fn dscsa_encrypted_from_bytea, pg_finfo_dscsa_encrypted_from_bytea, dscsa_encrypted_from_bytea_impl);
 
 fn parse(envelope: &[u8]) -> Envelope<'_> {
     Envelope::parse(envelope).or_raise()

@@ -3,7 +3,7 @@
 //! Messages never contain key bytes or plaintext: they name lengths, versions and
 //! key identifiers at most. The pgrx layer turns `Error::sqlstate()` into the report.
 
-/// The SQLSTATE classes pg_dscsa raises (see docs/ERRORS.md).
+/// The SQLSTATE classes pg_dscsa raises (the table is in the README's "Errors" section).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SqlState {
     /// 22P02 invalid_text_representation: not a well-formed envelope.
@@ -24,6 +24,13 @@ pub enum SqlState {
     CharacterNotInRepertoire,
     /// 58000 system_error: the operating system's random source failed.
     SystemError,
+    /// 42501 insufficient_privilege: the role may not use this key for this, or the key
+    /// was loaded by a role the current role is not a member of.
+    InsufficientPrivilege,
+    /// 39P01 trigger_protocol_violated: a pg_dscsa trigger function attached wrongly.
+    TriggerProtocolViolated,
+    /// XX000 internal_error: a bug or a broken installation, never user input.
+    InternalError,
 }
 
 impl SqlState {
@@ -39,6 +46,9 @@ impl SqlState {
             SqlState::ExternalRoutineException => "38000",
             SqlState::CharacterNotInRepertoire => "22021",
             SqlState::SystemError => "58000",
+            SqlState::InsufficientPrivilege => "42501",
+            SqlState::TriggerProtocolViolated => "39P01",
+            SqlState::InternalError => "XX000",
         }
     }
 }
@@ -83,6 +93,19 @@ pub enum Error {
     InvalidArgument(String),
     #[error("decrypted value is not valid in the database encoding")]
     InvalidTextEncoding,
+    #[error("permission denied to use key \"{key}\" to {privilege}")]
+    KeyPermissionDenied {
+        key: String,
+        privilege: &'static str,
+    },
+    #[error("key \"{0}\" was loaded by another role, whose rights on it do not cover this use by the current role")]
+    KeyLoadedByOtherRole(String),
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    #[error("pg_dscsa trigger misused: {0}")]
+    TriggerProtocol(String),
+    #[error("pg_dscsa internal error: {0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -107,6 +130,11 @@ impl Error {
             Error::KeyCheckFailed(_) => SqlState::ExternalRoutineException,
             Error::InvalidArgument(_) => SqlState::InvalidParameterValue,
             Error::InvalidTextEncoding => SqlState::CharacterNotInRepertoire,
+            Error::KeyPermissionDenied { .. }
+            | Error::KeyLoadedByOtherRole(_)
+            | Error::PermissionDenied(_) => SqlState::InsufficientPrivilege,
+            Error::TriggerProtocol(_) => SqlState::TriggerProtocolViolated,
+            Error::Internal(_) => SqlState::InternalError,
         }
     }
 }
@@ -128,6 +156,17 @@ mod tests {
             (Error::KeyVersionNotLoaded(1), "55000"),
             (Error::UnknownKey("k".into()), "42704"),
             (Error::InvalidArgument("x".into()), "22023"),
+            (
+                Error::KeyPermissionDenied {
+                    key: "k".into(),
+                    privilege: "decrypt",
+                },
+                "42501",
+            ),
+            (Error::KeyLoadedByOtherRole("k".into()), "42501"),
+            (Error::PermissionDenied("x".into()), "42501"),
+            (Error::TriggerProtocol("x".into()), "39P01"),
+            (Error::Internal("x".into()), "XX000"),
         ];
         for (err, code) in cases {
             assert_eq!(err.sqlstate().code(), code, "{err}");

@@ -1,6 +1,8 @@
 //! dscsa-core: everything in pg_dscsa that does not need PostgreSQL.
 //!
 //! - `envelope`: the versioned ciphertext format (docs/FORMAT.md)
+//! - `access`:   per-key privileges (encrypt, decrypt, blind_index)
+//! - `provenance`: which envelopes a role sealed itself in this transaction
 //! - `blind`:    blind indexes (keyed HMAC-SHA-256 of normalized values)
 //! - `cipher`:   AES-256-GCM seal/open of envelopes with header and context as AAD
 //! - `armor`:    the text form of an envelope (`dscsa:` + base64url)
@@ -12,6 +14,7 @@
 //! - `keycheck`: key check values stored beside wrapped keys
 //! - `error`:    typed errors and their SQLSTATEs
 
+pub mod access;
 pub mod armor;
 pub mod blind;
 pub mod cipher;
@@ -23,5 +26,6 @@ pub mod import;
 pub mod keycheck;
 pub mod kms;
 pub mod nonce;
+pub mod provenance;
 
 pub use error::{Error, Result, SqlState};

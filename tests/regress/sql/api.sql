@@ -1,4 +1,5 @@
 -- The complete SQL surface of the extension, so that any change to it is deliberate.
+SET search_path = pg_catalog;
 \dx+ pg_dscsa
 
 -- Volatility, strictness, parallel safety and security of every function.

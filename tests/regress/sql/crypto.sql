@@ -1,6 +1,5 @@
 -- Encrypt/decrypt behaviour and error codes. Ciphertexts are random, so only their
 -- properties are printed.
-SET search_path = public, dscsa;
 CREATE FUNCTION pg_temp.sqlstate_of(q text) RETURNS text LANGUAGE plpgsql AS $$
 BEGIN
     EXECUTE q;

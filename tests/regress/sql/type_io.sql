@@ -1,5 +1,4 @@
 -- The encrypted type accepts only well-formed envelopes and prints them unchanged.
-SET search_path = public, dscsa;
 
 -- Test vector "serial-with-context" from docs/FORMAT.md.
 \set v 'dscsa:AQIAAAAqoKGio6SlpqeoqaqrtVZMHXX7Mo9SVbfjN0rw7kCdEjtE9ZzC8pngpZXTswEqXw'

@@ -8,6 +8,7 @@ use pgrx::pg_sys;
 use crate::crypto::{is_bad_value, open_transient, seal_varlena};
 use crate::error::{raise, OrRaise};
 use crate::fmgr::{arg_bytes, optional_arg_bytes, pg_v1_function};
+use crate::keys::OpenFor;
 use crate::{guc, keys};
 
 // `dscsa.authenticate(value, context)`: 'ok' when the value authenticates under its
@@ -15,33 +16,34 @@ use crate::{guc, keys};
 // key id no keyring entry has), 'malformed' when it is not an envelope. A key version
 // that exists but is not loaded is an error, not a failure: an audit must not report
 // "tampered" because of a configuration mistake. Never returns plaintext.
-pg_v1_function!(fn dscsa_authenticate, pg_finfo_dscsa_authenticate, |fcinfo| unsafe {
+unsafe fn dscsa_authenticate_impl(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     let envelope = arg_bytes(fcinfo, 0);
     let context = optional_arg_bytes(fcinfo, 1);
-    let verdict = match open_transient(envelope, context) {
+    let verdict = match open_transient(envelope, context, OpenFor::Decrypt) {
         Ok(_) => "ok",
-        Err(Error::MalformedEnvelope(_) | Error::UnsupportedVersion(_) | Error::UnknownFieldKind(_)) => {
-            "malformed"
-        }
+        Err(
+            Error::MalformedEnvelope(_) | Error::UnsupportedVersion(_) | Error::UnknownFieldKind(_),
+        ) => "malformed",
         Err(e) if is_bad_value(&e) => "failed",
         Err(e) => raise(e),
     };
     pgrx::IntoDatum::into_datum(verdict).unwrap_or(pg_sys::Datum::from(0))
-});
+}
+
+pg_v1_function!(fn dscsa_authenticate, pg_finfo_dscsa_authenticate, dscsa_authenticate_impl);
 
 // `dscsa.import_json(value jsonb, import_key text, kind text, context text)`: opens a
 // `{"nonce": ..., "ciphertext": ...}` value with import key `import_key` (loaded through
 // the KMS hook on first use) and seals its plaintext as an envelope of field `kind`
 // under the active version of `dscsa.key_name`. The plaintext exists only in a
 // zeroizing buffer between the two steps; errors never echo the value.
-pg_v1_function!(fn dscsa_import_json, pg_finfo_dscsa_import_json, |fcinfo| unsafe {
-    let json: pgrx::JsonB = pgrx::FromDatum::from_datum(pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, 0), false)
-        .unwrap_or_else(|| raise(Error::InvalidArgument("value is NULL".into())));
+unsafe fn dscsa_import_json_impl(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    let json: pgrx::JsonB =
+        pgrx::FromDatum::from_datum(pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, 0), false)
+            .unwrap_or_else(|| raise(Error::InvalidArgument("value is NULL".into())));
     let import_key = std::str::from_utf8(arg_bytes(fcinfo, 1))
         .unwrap_or_else(|_| raise(Error::InvalidArgument("bad import key name".into())));
-    let kind = crate::blind::parse_kind(
-        std::str::from_utf8(arg_bytes(fcinfo, 2)).unwrap_or(""),
-    );
+    let kind = crate::blind::parse_kind(std::str::from_utf8(arg_bytes(fcinfo, 2)).unwrap_or(""));
     let context = optional_arg_bytes(fcinfo, 3);
     let field = |name: &str| {
         json.0
@@ -55,9 +57,14 @@ pg_v1_function!(fn dscsa_import_json, pg_finfo_dscsa_import_json, |fcinfo| unsaf
     };
     let (nonce, ciphertext) = (field("nonce"), field("ciphertext"));
     crate::keyring::ensure_loaded(import_key);
-    let plaintext = keys::try_import_keys(import_key.as_bytes(), |key| open_foreign(key, nonce, ciphertext)).or_raise();
+    let plaintext = keys::try_import_keys(import_key.as_bytes(), |key| {
+        open_foreign(key, nonce, ciphertext)
+    })
+    .or_raise();
     if !crate::crypto::valid_in_database_encoding(&plaintext) {
         raise(Error::InvalidTextEncoding);
     }
     seal_varlena(guc::key_name(), kind, context, &plaintext).or_raise()
-});
+}
+
+pg_v1_function!(fn dscsa_import_json, pg_finfo_dscsa_import_json, dscsa_import_json_impl);

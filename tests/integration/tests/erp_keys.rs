@@ -99,7 +99,7 @@ fn data_key_rotation_and_reencryption_under_concurrent_writes() {
         .expect("catch up");
 
     let active: i32 = c
-        .query_one("SELECT dscsa._active_key_id('k')", &[])
+        .query_one("SELECT dscsa._active_version('k', 'data')", &[])
         .expect("active")
         .get(0);
     assert_eq!(
@@ -218,7 +218,7 @@ fn blind_index_key_rotation_keeps_lookups_working_throughout() {
     );
     // After: every index value is under the new version, and the old one can be retired.
     let active: i32 = c
-        .query_one("SELECT dscsa._active_key_id('bk')", &[])
+        .query_one("SELECT dscsa._active_version('bk', 'blind_index')", &[])
         .expect("a")
         .get(0);
     assert_eq!(
@@ -457,6 +457,7 @@ fn values_encrypted_by_middleware_are_imported_through_the_hook() {
         "SELECT dscsa.unload_all_keys();
          SELECT dscsa.create_key('k3'); SELECT dscsa.load_key('k3'); SET dscsa.key_name = 'k3';
          SELECT dscsa.import_key('mw', 'mw-2024');
+         SELECT dscsa.grant_key('k3', 'dscsa_writer', 'encrypt'), dscsa.grant_key('mw', 'dscsa_writer', 'decrypt');
          CREATE TABLE legacy (id int PRIMARY KEY, serial_json jsonb, serial dscsa.serial_encrypted);",
     )
     .expect("setup");
@@ -560,9 +561,11 @@ fn values_encrypted_by_middleware_are_imported_through_the_hook() {
 #[test]
 fn vrs_example_answers_each_gs1_reason() {
     let (_db, mut c) = erp_db("vrs", 10);
-    let script =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/vrs.sql"))
-            .expect("example");
+    let script = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/vrs.sql"
+    ))
+    .expect("example");
     c.batch_execute(
         "SELECT dscsa.create_blind_index_key('vrs_bidx'); SELECT dscsa.load_key('vrs_bidx');",
     )

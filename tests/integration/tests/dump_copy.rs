@@ -138,15 +138,15 @@ fn pg_dump_and_pg_restore_keep_envelopes_and_keys() {
     let mut su = connect("postgres", "postgres");
     su.batch_execute(&format!("DROP DATABASE IF EXISTS {restored}"))
         .expect("drop");
-    su.batch_execute(&format!("CREATE DATABASE {restored}"))
+    // From template0: a dump holds everything the source database had (in the search_path
+    // pass also the trap schema that template1 gives every new database).
+    su.batch_execute(&format!("CREATE DATABASE {restored} TEMPLATE template0"))
         .expect("create");
     run(pg_tool("pg_restore")
         .args(["--exit-on-error", "-d", &restored])
         .arg(&dump));
 
     let mut r = connect(&restored, "postgres");
-    r.batch_execute("SET search_path = public, dscsa")
-        .expect("path");
     assert_eq!(
         snapshot(&mut c, "unit"),
         snapshot(&mut r, "unit"),

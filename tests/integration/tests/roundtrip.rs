@@ -289,10 +289,8 @@ fn transaction_scoped_keys_end_with_the_transaction() {
 fn nonces_never_repeat_across_backends() {
     let (db, mut c1) = fresh_db("nonce");
     let mut c2 = connect(&db, "postgres");
-    c2.batch_execute(
-        "SET search_path = public, dscsa; SET dscsa.key_name = 'k'; SELECT dscsa.load_key('k')",
-    )
-    .expect("second session");
+    c2.batch_execute("SET dscsa.key_name = 'k'; SELECT dscsa.load_key('k')")
+        .expect("second session");
     let mut seen = HashSet::new();
     for c in [&mut c1, &mut c2] {
         for row in c
@@ -384,8 +382,7 @@ fn encryption_follows_a_rotation_made_by_another_session() {
     )
     .expect("setup");
     let mut w = connect(&db, WRITER);
-    w.batch_execute("SET search_path = public, dscsa; SET dscsa.key_name = 'k'")
-        .expect("set");
+    w.batch_execute("SET dscsa.key_name = 'k'").expect("set");
     w.query_one("SELECT dscsa.load_key('k')", &[])
         .expect("load");
     w.execute("INSERT INTO t VALUES (1, dscsa_encrypt('before'))", &[])
@@ -416,8 +413,6 @@ fn encryption_follows_a_rotation_made_by_another_session() {
         .get(0);
     assert_eq!(loaded, 2, "the writer holds both versions now");
     let mut r = connect(&db, READER);
-    r.batch_execute("SET search_path = public, dscsa")
-        .expect("set");
     r.query_one("SELECT dscsa.load_key('k')", &[])
         .expect("load");
     let values: Vec<String> = r

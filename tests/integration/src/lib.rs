@@ -5,6 +5,9 @@
 //! - `DSCSA_TEST_DATADIR`  its data directory (the server log is `server.log` there)
 //! - `DSCSA_TEST_KEK`      path of the development hook's KEK file
 //! - `DSCSA_TEST_PG_BIN`   PostgreSQL's bin directory (pg_dump, pg_restore, pg_dscsa_devkms)
+//! - `DSCSA_TEST_POOLER_PORT` port of pgbouncer (transaction pooling) in front of it
+//! - `DSCSA_TEST_TRAP`     "1" in the search_path pass: every session's search_path holds
+//!   the booby-trapped schema of tests/trap/trap.sql before dscsa
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -20,9 +23,47 @@ pub fn port() -> String {
     env("DSCSA_TEST_PORT")
 }
 
+/// Whether this is the search_path pass (scripts/test.sh runs the suite twice).
+pub fn trap_mode() -> bool {
+    std::env::var("DSCSA_TEST_TRAP").is_ok_and(|v| v == "1")
+}
+
+/// The search_path every test session starts with: the application's schema and dscsa,
+/// with the booby-trapped schema between them in the search_path pass.
+pub fn search_path() -> &'static str {
+    if trap_mode() {
+        "public, dscsa_trap, dscsa"
+    } else {
+        "public, dscsa"
+    }
+}
+
+/// A session of `user` on `db`, with the test search_path.
 pub fn connect(db: &str, user: &str) -> Client {
-    let conn = format!("host=127.0.0.1 port={} dbname={db} user={user}", port());
-    Client::connect(&conn, NoTls).unwrap_or_else(|e| panic!("connect {db} as {user}: {e}"))
+    let mut config = postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(port().parse().expect("DSCSA_TEST_PORT is a port"))
+        .dbname(db)
+        .user(user)
+        .options(&format!(
+            "-c search_path={}",
+            search_path().replace(' ', "")
+        ));
+    config
+        .connect(NoTls)
+        .unwrap_or_else(|e| panic!("connect {db} as {user}: {e}"))
+}
+
+/// A client of pgbouncer (transaction pooling) in front of the test cluster: consecutive
+/// transactions of this client may run on different server sessions, and one server
+/// session serves many clients. Startup options are not passed through, so statements
+/// name dscsa objects in full.
+pub fn pooled(db: &str, user: &str) -> Client {
+    let port = env("DSCSA_TEST_POOLER_PORT");
+    let conn = format!("host=127.0.0.1 port={port} dbname={db} user={user}");
+    Client::connect(&conn, NoTls)
+        .unwrap_or_else(|e| panic!("connect {db} as {user} through pgbouncer: {e}"))
 }
 
 static DB_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -32,10 +73,13 @@ pub const ADMIN: &str = "itest_admin";
 pub const WRITER: &str = "itest_writer";
 pub const READER: &str = "itest_reader";
 pub const NOBODY: &str = "itest_nobody";
+/// Owns tables but holds no dscsa role.
+pub const OWNER: &str = "itest_owner";
+/// Holds CREATE on schema public, which is in every test session's search_path.
+pub const PLANTER: &str = "itest_planter";
 
-/// A fresh database with pg_dscsa installed, a key named `k` created, and the test login
-/// roles present. Returns its name and a superuser connection with `k` loaded.
-pub fn fresh_db(tag: &str) -> (String, Client) {
+/// A new, empty database (no extension). Returns its name and a superuser connection.
+pub fn empty_db(tag: &str) -> (String, Client) {
     let n = DB_COUNTER.fetch_add(1, Ordering::SeqCst);
     let name = format!("it_{tag}_{}_{n}", std::process::id());
     let mut admin = connect("postgres", "postgres");
@@ -46,34 +90,55 @@ pub fn fresh_db(tag: &str) -> (String, Client) {
     admin
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .expect("create database");
-    let mut c = connect(&name, "postgres");
+    let c = connect(&name, "postgres");
+    (name, c)
+}
+
+/// A fresh database with pg_dscsa installed, a key named `k` created and granted (encrypt
+/// to dscsa_writer, decrypt to dscsa_reader and dscsa_admin), and the test login roles
+/// present. Returns its name and a superuser connection with `k` loaded.
+pub fn fresh_db(tag: &str) -> (String, Client) {
+    let (name, mut c) = empty_db(tag);
+    c.batch_execute("CREATE EXTENSION pg_dscsa")
+        .expect("create extension");
+    create_test_roles(&mut c);
     c.batch_execute(
-        "CREATE EXTENSION pg_dscsa;
-         DO $$
+        "SELECT dscsa.create_key('k');
+         SELECT dscsa.grant_key('k', 'dscsa_writer', 'encrypt'), dscsa.grant_key('k', 'dscsa_reader', 'decrypt'),
+                dscsa.grant_key('k', 'dscsa_admin', 'decrypt');
+         SELECT dscsa.load_key('k');
+         SET dscsa.key_name = 'k';",
+    )
+    .expect("set up database");
+    (name, c)
+}
+
+/// The test login roles (created once per cluster; the dscsa group roles must exist,
+/// so pg_dscsa is installed first), and CREATE on schema public for the planter.
+pub fn create_test_roles(c: &mut Client) {
+    c.batch_execute(
+        "DO $$
          DECLARE
            r record;
          BEGIN
            FOR r IN SELECT * FROM (VALUES ('itest_admin', 'dscsa_admin'), ('itest_writer', 'dscsa_writer'),
-                                          ('itest_reader', 'dscsa_reader'), ('itest_nobody', NULL)) v(name, member_of)
+                                          ('itest_reader', 'dscsa_reader'), ('itest_nobody', NULL),
+                                          ('itest_owner', NULL), ('itest_planter', NULL)) v(name, member_of)
            LOOP
              BEGIN
                IF r.member_of IS NULL THEN
-                 EXECUTE format('CREATE ROLE %I LOGIN', r.name);
+                 EXECUTE pg_catalog.format('CREATE ROLE %I LOGIN', r.name);
                ELSE
-                 EXECUTE format('CREATE ROLE %I LOGIN IN ROLE %I', r.name, r.member_of);
+                 EXECUTE pg_catalog.format('CREATE ROLE %I LOGIN IN ROLE %I', r.name, r.member_of);
                END IF;
              EXCEPTION WHEN duplicate_object OR unique_violation THEN
                NULL; -- another test created it first
              END;
            END LOOP;
          END $$;
-         SELECT dscsa.create_key('k');
-         SELECT dscsa.load_key('k');
-         SET dscsa.key_name = 'k';
-         SET search_path = public, dscsa;",
+         GRANT CREATE ON SCHEMA public TO itest_planter;",
     )
-    .expect("set up database");
-    (name, c)
+    .expect("test roles");
 }
 
 /// The SQLSTATE of a failed statement (panics if it did not fail with a server error).
@@ -141,6 +206,7 @@ pub fn erp_db(tag: &str, units: i64) -> (String, Client) {
     let (db, mut c) = fresh_db(tag);
     c.batch_execute(&format!(
         "SELECT dscsa.create_blind_index_key('bk');
+         SELECT dscsa.grant_key('bk', 'dscsa_writer', 'blind_index'), dscsa.grant_key('bk', 'dscsa_reader', 'blind_index');
          SELECT dscsa.load_key('bk');
          CREATE TABLE product (id int PRIMARY KEY, gtin text NOT NULL UNIQUE, name text NOT NULL);
          CREATE TABLE lot (id int PRIMARY KEY, product_id int NOT NULL REFERENCES product,
@@ -171,10 +237,10 @@ pub fn count(c: &mut Client, sql: &str) -> i64 {
         .get(0)
 }
 
-/// A session of `user` with search_path and dscsa.key_name = 'k' set and `keys` loaded.
+/// A session of `user` with dscsa.key_name = 'k' set and `keys` loaded.
 pub fn session_with_keys(db: &str, user: &str, keys: &[&str]) -> Client {
     let mut c = connect(db, user);
-    c.batch_execute("SET search_path = public, dscsa; SET dscsa.key_name = 'k';")
+    c.batch_execute("SET dscsa.key_name = 'k';")
         .expect("session settings");
     for k in keys {
         c.execute("SELECT dscsa.load_key($1)", &[k])

@@ -1,6 +1,6 @@
 //! `#[pg_test]` tests: internals that need a backend (SPI, the key cache, type I/O,
 //! error codes). Client-side behaviour (roles, COPY, dump/restore, logs, parallel plans)
-//! is tested from a real client in itest/.
+//! is tested from a real client in tests/integration/.
 
 use pgrx::prelude::*;
 

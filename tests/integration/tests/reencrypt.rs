@@ -38,7 +38,7 @@ fn reencrypt_moves_every_row_and_survives_concurrent_writes() {
         let (db, stop, progress) = (db.clone(), stop.clone(), progress.clone());
         std::thread::spawn(move || {
             let mut w = connect(&db, "postgres");
-            w.batch_execute("SET search_path = public, dscsa; SET dscsa.key_name = 'k'; SELECT dscsa.load_key('k')")
+            w.batch_execute("SET dscsa.key_name = 'k'; SELECT dscsa.load_key('k')")
                 .expect("writer setup");
             let mut i = 0;
             while !stop.load(Ordering::SeqCst) && i < 400 {
