@@ -116,7 +116,7 @@ psql_test -d template1 -f tests/trap/trap.sql
 export DSCSA_TEST_TRAP=1
 run_regress "public, dscsa_trap, dscsa" trap
 run_integration
-if grep -n 'dscsa_trap_sprung' "${DATADIR}/server.log" | head -n 20; then
+if grep -nE '(LOG|ERROR): +dscsa_trap_sprung' "${DATADIR}/server.log" | head -n 20; then
     die "a trap planted in the search_path was reached (lines above): some routine does not pin search_path"
 fi
 unset DSCSA_TEST_TRAP
