@@ -7,6 +7,19 @@ SET client_min_messages = notice;
 \echo
 \echo '== 1. A table of DSCSA product identifiers with encrypted columns =='
 CREATE EXTENSION pg_dscsa;
+-- This database also holds the audit trail (dscsa.audit_database): its background worker
+-- starts writing once the extension exists. Until then key changes and decryptions are
+-- refused (fail closed, SQLSTATE SA001), so wait for it.
+DO $$
+BEGIN
+    FOR i IN 1..100 LOOP
+        EXIT WHEN (SELECT worker_ready FROM dscsa.audit_status());
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+    IF NOT (SELECT worker_ready FROM dscsa.audit_status()) THEN
+        RAISE EXCEPTION 'the pg_dscsa audit worker is not ready: see the server log';
+    END IF;
+END $$;
 CREATE TABLE serialized_unit (
     id          bigserial PRIMARY KEY,
     gtin        dscsa.gtin_encrypted   NOT NULL,   -- AI (01)
@@ -184,5 +197,37 @@ SELECT * FROM erp_unit_plain ORDER BY id LIMIT 3;
 SELECT key_version, key_status, rows, authenticated, failed FROM dscsa.verify_column('erp_unit', 'serial');
 
 \echo
+\echo '== 8. The audit trail: who decrypted what and when, chained and verifiable (docs/AUDIT.md) =='
+\c - postgres
+-- The background worker writes the records the sessions queued; wait until it has.
+DO $$
+BEGIN
+    FOR i IN 1..100 LOOP
+        EXIT WHEN (SELECT worker_ready AND queued = 0 FROM dscsa.audit_status());
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+    PERFORM pg_sleep(0.5);
+END $$;
+-- One record per statement, key and operation: the pharmacist's reads, the tampered row.
+SELECT seq, record_type, session_user_name AS who, operation, key_name, field_kind, outcome, count
+  FROM dscsa.audit_log
+ WHERE session_user_name IN ('demo_pharmacist', 'demo_intruder') AND record_type <> 'opened'
+ ORDER BY seq LIMIT 12;
+-- Key lifecycle changes, with what they changed.
+SELECT seq, operation, key_name, detail::jsonb -> 'new' AS new_state
+  FROM dscsa.audit_log WHERE record_type = 'key' AND operation IN ('create_key', 'grant_key') ORDER BY seq;
+-- Every record is chained to the one before with an HMAC under a KMS-wrapped audit key.
+SELECT verified, records, break_kind FROM dscsa.audit_verify();
+-- Append-only, even for the table's owner: only a superuser disabling triggers could edit
+-- it, and the chain would show it.
+DO $$
+BEGIN
+    UPDATE dscsa.audit_log SET count = 0 WHERE record_type = 'access';
+    RAISE EXCEPTION 'the audit trail was edited';
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'audit trail edit refused: %', SQLERRM;
+END $$;
+
+\echo
 \echo 'Demo complete: encrypted columns, a KMS-wrapped key, an authorized read, tamper detection, refusals,'
-\echo 'and an existing table encrypted online with a blind index and a generated view.'
+\echo 'an existing table encrypted online with a blind index and a generated view, and a verifiable audit trail.'

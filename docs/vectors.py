@@ -44,3 +44,33 @@ for name, key, key_id, kind, _given, normalized, length in BLIND_VECTORS:
                    hashlib.sha256).digest()
     index = key_id.to_bytes(4, "big") + mac[:length]
     print(f"blind {name}\n  index {index.hex()}")
+
+# Audit chain format 1 (docs/AUDIT.md, "Record format" and "Chain"), with the standard
+# library's HMAC: what a second verifier must compute.
+AUDIT_KEY = bytes(range(32))
+AUDIT_RECORDS = [
+    # seq, ts, origin, epoch, record_type, database, session_user, current_user, client_addr,
+    # application, backend_pid, backend_start, statement_id, query_id, statement, operation,
+    # key_id, key_name, key_version, field_kind, context, outcome, count, detail, mac_key_id
+    (1, 1796000000000001, "primary", 1796000000000000, "access", "erp", "pharmacist", "pharmacist",
+     "10.0.0.7", "vrs", 4242, 1795999999000000, 7, -4962594702645316738, None, "decrypt",
+     3, "serials", 2, "serial", "erp.unit.serial", "ok", 1000, '{"statement":"completed"}', 9),
+    (2, 1796000000500000, "primary", 1796000000000000, "anchor", None, "pg_dscsa worker", None,
+     None, None, 77, None, None, None, None, "anchor", None, None, None, None, None, "ok", 0,
+     '{"totals":{"erp":{"blind_index":0,"decrypt":1000,"encrypt":0,"failed":0,"key":0}}}', 9),
+]
+
+
+def audit_field(value):
+    if value is None:
+        return b"\xff\xff\xff\xff"
+    text = str(value).encode()
+    return len(text).to_bytes(4, "big") + text
+
+
+prev = bytes(32)
+for record in AUDIT_RECORDS:
+    encoding = b"pg_dscsa audit record v1\x00" + b"".join(audit_field(v) for v in record)
+    mac = hmac.new(AUDIT_KEY, encoding + prev, hashlib.sha256).digest()
+    print(f"audit record {record[0]}\n  encoding sha256 {hashlib.sha256(encoding).hexdigest()}\n  mac {mac.hex()}")
+    prev = mac

@@ -2,7 +2,9 @@
 # Benchmarks pg_dscsa against plaintext and pgcrypto baselines in one run on the same
 # data (bench/bench.sql). Timings are printed, never asserted: these machines are noisy.
 #   ROWS=1000000 REPS=5 bash scripts/bench.sh
-#   BENCH_ONLY=micro|migration|vrs runs one part (default: all three)
+#   BENCH_ONLY=micro|migration|vrs|audit|kms runs one part (default: all five)
+# pg_dscsa is preloaded and its audit trail on (the normal installation); the audit part
+# and the VRS part also measure the trail off and in sync mode, in the same run.
 source "$(dirname "$0")/common.sh"
 require_root
 cd "${REPO_ROOT}"
@@ -23,15 +25,25 @@ chmod 700 "${BENCH_ROOT}/kms"
 trap 'stop_cluster "${BENCH_ROOT}/data"' EXIT
 start_cluster "${BENCH_ROOT}/data" "${BENCH_PORT}" \
     "shared_buffers = '1GB'" "work_mem = '64MB'" "max_parallel_workers_per_gather = 0" \
+    "shared_preload_libraries = 'pg_dscsa'" "dscsa.audit_database = 'postgres'" \
     "dscsa.kms_command = '${PG_BIN}/pg_dscsa_devkms --kek-file ${BENCH_ROOT}/kms/dev.kek'"
 
 wants() { [[ -z "${BENCH_ONLY:-}" || "${BENCH_ONLY}" == "$1" ]]; }
 as_postgres psql -X -q -h /tmp -p "${BENCH_PORT}" -d postgres -v ON_ERROR_STOP=1 \
-    -c "CREATE EXTENSION pg_dscsa" -c "SELECT dscsa.create_key('bench')"
+    -c "CREATE EXTENSION pg_dscsa"
+wait_for_audit_worker "${BENCH_PORT}" postgres
+as_postgres psql -X -q -h /tmp -p "${BENCH_PORT}" -d postgres -v ON_ERROR_STOP=1 \
+    -c "SELECT dscsa.create_key('bench')"
 if wants micro; then
 log "Running bench/bench.sql with ${ROWS} rows, median of ${REPS} runs"
 as_postgres psql -X -q -h /tmp -p "${BENCH_PORT}" -d postgres -v ON_ERROR_STOP=1 \
     -v rows="${ROWS}" -v reps="${REPS}" -f "${REPO_ROOT}/bench/bench.sql"
+fi
+
+if wants audit; then
+log "Audit trail overhead (bench/audit.sql) with ${ROWS} rows, median of ${REPS} rounds"
+as_postgres psql -X -q -h /tmp -p "${BENCH_PORT}" -d postgres -v ON_ERROR_STOP=1 \
+    -v rows="${ROWS}" -v reps="${REPS}" -f "${REPO_ROOT}/bench/audit.sql"
 fi
 
 MROWS="${MROWS:-${ROWS}}"
@@ -41,7 +53,12 @@ as_postgres psql -X -q -h /tmp -p "${BENCH_PORT}" -d postgres -v ON_ERROR_STOP=1
     -v mrows="${MROWS}" -f "${REPO_ROOT}/bench/migration.sql"
 fi
 
-if ! wants vrs; then exit 0; fi
+if wants kms; then
+    source "${REPO_ROOT}/scripts/bench_kms.sh"
+    bench_kms
+fi
+
+if ! wants vrs && ! wants audit; then exit 0; fi
 VRS_ROWS="${VRS_ROWS:-${ROWS}}"
 CLIENTS="${CLIENTS:-8}"
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-30}"
@@ -51,12 +68,13 @@ as_postgres psql -X -q -h /tmp -p "${BENCH_PORT}" -d postgres -v ON_ERROR_STOP=1
 
 # Runs one pgbench script; prints tps and per-transaction latency percentiles (ms),
 # computed from pgbench's per-transaction log (latency in microseconds, column 3).
+#   run_pgbench NAME SCRIPT [PGOPTIONS]
 run_pgbench() {
-    local name="$1" script="$2"
+    local name="$1" script="$2" options="${3:-}"
     local dir="${BENCH_ROOT}/pgbench_${name}"
     rm -rf "${dir}"; mkdir -p "${dir}"; chown postgres:postgres "${dir}"
     local out
-    out="$(cd "${dir}" && as_postgres "${PG_BIN}/pgbench" -n -h /tmp -p "${BENCH_PORT}" -c "${CLIENTS}" -j 2 \
+    out="$(cd "${dir}" && as_postgres env PGOPTIONS="${options}" "${PG_BIN}/pgbench" -n -h /tmp -p "${BENCH_PORT}" -c "${CLIENTS}" -j 2 \
         -M prepared -T "${SECONDS_PER_RUN}" -D rows="${VRS_ROWS}" -D loaded=0 -f "${REPO_ROOT}/bench/${script}" \
         --log --log-prefix="${dir}/tx" postgres)" || die "pgbench ${name} failed"
     local tps
@@ -73,7 +91,31 @@ run_pgbench() {
         }' | tee -a "${BENCH_ROOT}/vrs_results.txt"
 }
 rm -f "${BENCH_ROOT}/vrs_results.txt"
-run_pgbench plaintext vrs_plain.pgbench
-run_pgbench encrypted vrs_encrypted.pgbench
-awk '/^plaintext/ {p = $3} /^encrypted/ {e = $3} END { printf "encrypted/plaintext throughput: %.2f\n", e / p }' \
-    "${BENCH_ROOT}/vrs_results.txt"
+# The four configurations in turn, VRS_ROUNDS times (this machine's throughput drifts by
+# 10-20% from run to run; interleaving spreads the drift over all of them), then the
+# median of each. encrypted = the trail on, async (the default).
+VRS_ROUNDS="${VRS_ROUNDS:-3}"
+for round in $(seq 1 "${VRS_ROUNDS}"); do
+    log "VRS round ${round} of ${VRS_ROUNDS}"
+    run_pgbench plaintext vrs_plain.pgbench
+    run_pgbench encrypted vrs_encrypted.pgbench
+    run_pgbench trail_off vrs_encrypted.pgbench "-c dscsa.audit=off"
+    run_pgbench trail_sync vrs_encrypted.pgbench "-c dscsa.audit_durability=sync"
+done
+echo
+echo "Median of ${VRS_ROUNDS} rounds (tps; p50, p99 in ms):"
+# median NAME COLUMN: the median of a column of one configuration's result lines.
+median() {
+    awk -v n="$1" -v c="$2" '$1 == n {print $c}' "${BENCH_ROOT}/vrs_results.txt" | sort -n |
+        awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'
+}
+for name in plaintext encrypted trail_off trail_sync; do
+    printf "%-10s tps %10.1f  p50 %7.3f  p99 %7.3f\n" \
+        "${name}" "$(median "${name}" 3)" "$(median "${name}" 5)" "$(median "${name}" 8)"
+done | tee "${BENCH_ROOT}/vrs_medians.txt"
+awk '/^plaintext/ {p = $3} /^encrypted/ {e = $3} /^trail_off/ {o = $3} /^trail_sync/ {s = $3}
+     END {
+       printf "encrypted (trail async)/plaintext throughput: %.2f\n", e / p
+       printf "trail async/trail off throughput: %.3f\n", e / o
+       printf "trail sync/trail off throughput:  %.3f\n", s / o
+     }' "${BENCH_ROOT}/vrs_medians.txt"

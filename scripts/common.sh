@@ -105,3 +105,35 @@ stop_pooler() {
         rm -f "${dir}/pgbouncer.pid"
     fi
 }
+
+# Waits (up to 30 s) until pg_dscsa's audit worker writes the trail in DATABASE.
+#   wait_for_audit_worker PORT DATABASE
+wait_for_audit_worker() {
+    local port="$1" db="$2"
+    for _ in $(seq 1 300); do
+        if [ "$("${PG_BIN}/psql" -X -qAt -h 127.0.0.1 -p "${port}" -U postgres -d "${db}" \
+                -c "SELECT worker_ready FROM dscsa.audit_status()" 2>/dev/null)" = "t" ]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    die "the pg_dscsa audit worker did not become ready in database ${db}"
+}
+
+# Makes a streaming replica (hot standby) of a local primary and starts it.
+#   start_standby PRIMARY_DATADIR PRIMARY_PORT STANDBY_DATADIR STANDBY_PORT [conf lines...]
+start_standby() {
+    local primary="$1" pport="$2" dir="$3" port="$4"; shift 4
+    rm -rf "${dir}"
+    mkdir -p "${dir}"
+    chown postgres:postgres "${dir}"
+    chmod 700 "${dir}"
+    as_postgres "${PG_BIN}/pg_basebackup" -h 127.0.0.1 -p "${pport}" -U postgres -D "${dir}" -R -X stream -c fast \
+        || die "pg_basebackup of the primary failed"
+    {
+        echo "port = ${port}"
+        for line in "$@"; do echo "${line}"; done
+    } | as_postgres tee -a "${dir}/postgresql.conf" >/dev/null
+    as_postgres "${PG_BIN}/pg_ctl" -D "${dir}" -l "${dir}/server.log" -w -t 60 start >/dev/null \
+        || { tail -n 30 "${dir}/server.log" >&2 || true; die "the standby did not start"; }
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything pg_dscsa needs on Debian 12 (as root), then builds and installs the
-# extension and its development KMS hook into the local PostgreSQL 15. Safe to re-run:
-# each step checks whether it is already done.
+# extension, its development KMS hook, the production KMS hooks (docs/KMS.md) and the
+# offline audit verifier into the local PostgreSQL 15. Safe to re-run: each step checks
+# whether it is already done.
 source "$(dirname "$0")/common.sh"
 require_root
 
@@ -36,9 +37,15 @@ install_extension() {
     cd "${REPO_ROOT}"
     log "Building and installing the pg_dscsa extension (release)"
     cargo pgrx install --release --pg-config "${PG_CONFIG}" >/dev/null
-    log "Installing the development KMS hook next to postgres"
-    cargo build --release -q -p dscsa-core --bin pg_dscsa_devkms
+    log "Installing the development KMS hook and the offline audit verifier next to postgres"
+    cargo build --release -q -p dscsa-core --bins
     install -m 0755 target/release/pg_dscsa_devkms "${PG_BIN}/pg_dscsa_devkms"
+    install -m 0755 target/release/pg_dscsa_audit_verify "${PG_BIN}/pg_dscsa_audit_verify"
+    log "Building the production KMS hooks: PKCS#11, AWS KMS, Vault/OpenBao transit (the AWS SDK takes a few minutes the first time)"
+    cargo build --profile hooks -q -p dscsa-hooks
+    for hook in pg_dscsa_kms_pkcs11 pg_dscsa_kms_aws pg_dscsa_kms_transit; do
+        install -m 0755 "target/hooks/${hook}" "${PG_BIN}/${hook}"
+    done
 }
 
 install_packages

@@ -9,9 +9,13 @@
 #   6. the search_path pass: 4 and 5 again with a booby-trapped schema
 #      (tests/trap/trap.sql) in every session's search_path; the run fails if any
 #      trap was reached. Log hygiene last, over the whole server log.
+# The cluster preloads pg_dscsa and keeps its audit trail in database dscsa_audit; a
+# streaming replica (hot standby) forwards its audit records to it. Real KMS providers
+# (SoftHSM2, moto, OpenBao: scripts/kms_providers.sh) serve the production hooks' tests.
 # Test files are found by listing their folders: a new file runs without being named here.
 # Safe to re-run: the test cluster is rebuilt from scratch each time.
 source "$(dirname "$0")/common.sh"
+source "$(dirname "$0")/kms_providers.sh"
 require_root
 cd "${REPO_ROOT}"
 
@@ -21,6 +25,11 @@ POOLER_PORT="${DSCSA_TEST_POOLER_PORT:-55436}"
 DATADIR="${TEST_ROOT}/data"
 KEKDIR="${TEST_ROOT}/kms"
 POOLERDIR="${TEST_ROOT}/pgbouncer"
+STANDBY_PORT="${DSCSA_TEST_STANDBY_PORT:-55437}"
+STANDBY_DIR="${TEST_ROOT}/standby"
+KMS_PROVIDERS_DIR="${TEST_ROOT}/kms-providers"
+MOTO_PORT="${DSCSA_TEST_MOTO_PORT:-55438}"
+BAO_PORT="${DSCSA_TEST_BAO_PORT:-55439}"
 VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)"
 
 bash scripts/setup.sh --deps-only
@@ -28,7 +37,9 @@ install_test_packages
 
 log "1/6 Formatting, lints, upgrade script"
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --features pg_test -- -D warnings
+cargo clippy --workspace --exclude dscsa-hooks --all-targets --features pg_test -- -D warnings
+# The hooks in the profile they are built and installed with (one build of the AWS SDK).
+cargo clippy --profile hooks -p dscsa-hooks --all-targets -- -D warnings
 for delta in sql/upgrade/*--"${VERSION}".sql; do
     [ -e "${delta}" ] || continue
     from="$(basename "${delta}" .sql)"; from="${from%%--*}"
@@ -40,40 +51,59 @@ cargo test -p dscsa-core
 
 log "3/6 #[pg_test] tests in a PostgreSQL ${PG_MAJOR} backend"
 # The development hook must sit next to postgres for the embedded default hook.
-cargo build --release -q -p dscsa-core --bin pg_dscsa_devkms
+cargo build --release -q -p dscsa-core --bins
 install -m 0755 target/release/pg_dscsa_devkms "${PG_BIN}/pg_dscsa_devkms"
 rm -rf /tmp/pg_dscsa_pgrx_test
 cargo pgrx test pg${PG_MAJOR} --runas postgres --pgdata /tmp/pg_dscsa_pgrx_test
 
-log "Installing the release build (replaces the pg_test build cargo pgrx test installed)"
+log "Installing the release build (replaces the pg_test build cargo pgrx test installed) and the KMS hooks"
 bash scripts/setup.sh
+log "The KMS hooks' own unit tests"
+cargo test --profile hooks -q -p dscsa-hooks
 # The released installation scripts, so that the upgrade tests can start from them.
 for old in sql/archive/pg_dscsa--*.sql; do
     install -m 0644 "${old}" "$("${PG_CONFIG}" --sharedir)/extension/$(basename "${old}")"
 done
 
-log "Starting a fresh test cluster on port ${TEST_PORT}, pgbouncer on ${POOLER_PORT}"
+log "Starting a fresh test cluster on port ${TEST_PORT}, pgbouncer on ${POOLER_PORT}, a hot standby on ${STANDBY_PORT}"
 stop_pooler "${POOLERDIR}"
+stop_cluster "${STANDBY_DIR}"
 stop_cluster "${DATADIR}"
 rm -rf "${TEST_ROOT}"
 mkdir -p "${KEKDIR}"
 chown postgres:postgres "${TEST_ROOT}" "${KEKDIR}"
 chmod 700 "${KEKDIR}"
-trap 'stop_pooler "${POOLERDIR}"; stop_cluster "${DATADIR}"' EXIT
+trap 'stop_kms_providers "${KMS_PROVIDERS_DIR}"; stop_pooler "${POOLERDIR}"; stop_cluster "${STANDBY_DIR}"; stop_cluster "${DATADIR}"' EXIT
 start_cluster "${DATADIR}" "${TEST_PORT}" \
     "shared_preload_libraries = 'pg_dscsa, pg_stat_statements'" \
     "pg_stat_statements.track = all" \
     "log_statement = 'all'" \
     "log_min_messages = debug1" \
     "log_line_prefix = '%m [%p] %q%u@%d '" \
-    "dscsa.kms_command = '${PG_BIN}/pg_dscsa_devkms --kek-file ${KEKDIR}/dev.kek'"
+    "dscsa.kms_command = '${PG_BIN}/pg_dscsa_devkms --kek-file ${KEKDIR}/dev.kek'" \
+    "dscsa.audit_database = 'dscsa_audit'" \
+    "dscsa.audit_anchor_records = 1000" \
+    "dscsa.audit_anchor_interval = 5"
+psql_test() { "${PG_BIN}/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "${TEST_PORT}" -U postgres "$@"; }
+psql_test -d postgres -c "CREATE DATABASE dscsa_audit"
+psql_test -d dscsa_audit -c "CREATE EXTENSION pg_dscsa" \
+    -c "CREATE ROLE itest_forwarder LOGIN IN ROLE dscsa_audit_forwarder" \
+    -c "CREATE ROLE itest_auditor LOGIN IN ROLE dscsa_auditor"
+wait_for_audit_worker "${TEST_PORT}" dscsa_audit
+start_standby "${DATADIR}" "${TEST_PORT}" "${STANDBY_DIR}" "${STANDBY_PORT}" \
+    "cluster_name = 'standby1'" \
+    "dscsa.audit_forward_to = 'host=127.0.0.1 port=${TEST_PORT} dbname=dscsa_audit user=itest_forwarder'"
 start_pooler "${POOLERDIR}" "${POOLER_PORT}" "${TEST_PORT}" \
     postgres itest_admin itest_writer itest_reader itest_nobody itest_owner itest_planter
+log "Starting the KMS providers: SoftHSM2, moto (AWS KMS API) on ${MOTO_PORT}, OpenBao (transit) on ${BAO_PORT}"
+install_kms_providers
+start_kms_providers "${KMS_PROVIDERS_DIR}" "${MOTO_PORT}" "${BAO_PORT}"
 
 export DSCSA_TEST_PORT="${TEST_PORT}" DSCSA_TEST_DATADIR="${DATADIR}" \
        DSCSA_TEST_KEK="${KEKDIR}/dev.kek" DSCSA_TEST_PG_BIN="${PG_BIN}" \
-       DSCSA_TEST_POOLER_PORT="${POOLER_PORT}"
-psql_test() { "${PG_BIN}/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "${TEST_PORT}" -U postgres "$@"; }
+       DSCSA_TEST_POOLER_PORT="${POOLER_PORT}" DSCSA_TEST_STANDBY_PORT="${STANDBY_PORT}" \
+       DSCSA_TEST_STANDBY_DATADIR="${STANDBY_DIR}" DSCSA_TEST_KMS_DIR="${KMS_PROVIDERS_DIR}" \
+       DSCSA_TEST_KMS_VENV="${KMS_VENV}" DSCSA_TEST_BAO_PORT="${BAO_PORT}" DSCSA_TEST_MOTO_PORT="${MOTO_PORT}"
 
 # pg_regress against a database made here, whose search_path is the pass's.
 run_regress() {
@@ -113,6 +143,7 @@ run_integration
 
 log "6/6 The search_path pass: regress and integration tests with a booby-trapped schema in every search_path"
 psql_test -d template1 -f tests/trap/trap.sql
+# (template1 of the standby gets it by replication.)
 export DSCSA_TEST_TRAP=1
 run_regress "public, dscsa_trap, dscsa" trap
 run_integration

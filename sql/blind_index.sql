@@ -34,6 +34,10 @@ CREATE OR REPLACE FUNCTION dscsa.authenticate(value dscsa.encrypted) RETURNS tex
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_authenticate';
 CREATE OR REPLACE FUNCTION dscsa.authenticate(value dscsa.encrypted, context text) RETURNS text
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_authenticate';
+-- As authenticate, naming where the value is (table, column, primary key) in the audit
+-- record of a failure: used by dscsa.verify_column.
+CREATE OR REPLACE FUNCTION dscsa._authenticate_at(value dscsa.encrypted, context text, location jsonb) RETURNS text
+    VOLATILE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_authenticate_at';
 COMMENT ON FUNCTION dscsa.authenticate(dscsa.encrypted, text) IS
     'Checks a value''s GCM tag under its key version: ok, failed (modified / wrong context) or malformed. Reveals nothing else.';
 

@@ -71,6 +71,8 @@ BEGIN
     SELECT * INTO STRICT w FROM dscsa._wrap_new_key(new_id, create_key.key_name, 1, create_key.kek);
     INSERT INTO dscsa.keyring (key_id, key_name, version, status, kek_ref, wrapped_key, key_check)
     VALUES (new_id, create_key.key_name, 1, 'active', w.kek_ref, w.wrapped_key, w.key_check);
+    PERFORM dscsa._audit_key_event('create_key', create_key.key_name, new_id, 1, NULL,
+        jsonb_build_object('purpose', 'data', 'status', 'active', 'kek_ref', w.kek_ref));
     RETURN new_id;
 END
 $$;
@@ -110,6 +112,10 @@ BEGIN
     VALUES (new_id, rotate_key.key_name, new_version, cur.purpose, cur.blind_index_length, 'active',
             w.kek_ref, w.wrapped_key, w.key_check);
     PERFORM dscsa._keyring_changed();
+    PERFORM dscsa._audit_key_event('rotate_key', rotate_key.key_name, new_id, new_version,
+        jsonb_build_object('active_key_id', cur.key_id, 'active_version', cur.version),
+        jsonb_build_object('active_key_id', new_id, 'active_version', new_version,
+                           'previous_version_status', 'decrypt_only', 'kek_ref', w.kek_ref));
     RETURN new_id;
 END
 $$;
@@ -138,6 +144,8 @@ BEGIN
                                kek_ref, wrapped_key, key_check)
     VALUES (new_id, create_blind_index_key.key_name, 1, 'blind_index', length, 'active',
             w.kek_ref, w.wrapped_key, w.key_check);
+    PERFORM dscsa._audit_key_event('create_key', create_blind_index_key.key_name, new_id, 1, NULL,
+        jsonb_build_object('purpose', 'blind_index', 'length', length, 'status', 'active', 'kek_ref', w.kek_ref));
     RETURN new_id;
 END
 $$;
@@ -164,6 +172,8 @@ BEGIN
                                kek_ref, wrapped_key, key_check)
     VALUES (new_id, import_key.key_name, 1, 'import', reference, 'active',
             w.kek_ref, w.wrapped_key, w.key_check);
+    PERFORM dscsa._audit_key_event('import_key', import_key.key_name, new_id, 1, NULL,
+        jsonb_build_object('purpose', 'import', 'reference', reference, 'status', 'active', 'kek_ref', w.kek_ref));
     RETURN new_id;
 END
 $$;
@@ -203,8 +213,13 @@ BEGIN
         END IF;
         UPDATE dscsa.keyring SET wrapped_key = w.wrapped_key, kek_ref = w.kek_ref, rewrapped_at = now()
          WHERE keyring.key_id = k.key_id;
+        PERFORM dscsa._audit_key_event('rotate_kek', k.key_name, k.key_id, k.version,
+            jsonb_build_object('kek_ref', k.kek_ref), jsonb_build_object('kek_ref', w.kek_ref));
         n := n + 1;
     END LOOP;
+    -- Cached copies of these keys leave the cluster's key cache (unwrapped again under
+    -- the new KEK on next use).
+    PERFORM dscsa._keyring_changed();
     RETURN n;
 END
 $$;
@@ -240,6 +255,10 @@ BEGIN
     INSERT INTO dscsa.key_grants (key_name, grantee, privilege)
     VALUES (grant_key.key_name, grant_key.role, grant_key.privilege)
     ON CONFLICT DO NOTHING;
+    IF FOUND THEN
+        PERFORM dscsa._audit_key_event('grant_key', grant_key.key_name, NULL, NULL, NULL,
+            jsonb_build_object('grantee', grant_key.role::text, 'privilege', grant_key.privilege));
+    END IF;
 END
 $$;
 COMMENT ON FUNCTION dscsa.grant_key(text, regrole, text) IS
@@ -263,6 +282,11 @@ BEGIN
        AND (revoke_key.privilege IS NULL OR g.privilege = revoke_key.privilege);
     GET DIAGNOSTICS n = ROW_COUNT;
     PERFORM dscsa._keyring_changed();
+    IF n > 0 THEN
+        PERFORM dscsa._audit_key_event('revoke_key', revoke_key.key_name, NULL, NULL,
+            jsonb_build_object('grantee', revoke_key.role::text, 'privilege', coalesce(revoke_key.privilege, 'all')),
+            NULL);
+    END IF;
     RETURN n;
 END
 $$;
@@ -434,6 +458,10 @@ BEGIN
     IF target.status = 'retired' THEN
         RETURN;
     END IF;
+    IF target.purpose = 'audit' THEN
+        RAISE EXCEPTION 'audit key versions are never retired: the trail names them for as long as it is kept'
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
     SELECT coalesce(sum(u.rows), 0),
            string_agg(format('%s.%I: %s', u.table_name, u.column_name, u.rows), ', ')
       INTO in_use, where_used
@@ -447,6 +475,8 @@ BEGIN
     END IF;
     UPDATE dscsa.keyring SET status = 'retired', retired_at = now() WHERE keyring.key_id = target.key_id;
     PERFORM dscsa._keyring_changed();
+    PERFORM dscsa._audit_key_event('retire_key', retire_key.key_name, target.key_id, target.version,
+        jsonb_build_object('status', target.status), jsonb_build_object('status', 'retired'));
 END
 $$;
 COMMENT ON FUNCTION dscsa.retire_key(text, integer) IS

@@ -78,6 +78,63 @@ CREATE TYPE dscsa._protect_job AS (
     finished    boolean
 );
 
+-- The audit trail (as in sql/tables.sql), and its key's purpose in the keyring.
+ALTER TABLE dscsa.keyring DROP CONSTRAINT keyring_purpose_check;
+ALTER TABLE dscsa.keyring ADD CONSTRAINT keyring_purpose_check
+    CHECK (purpose IN ('data', 'blind_index', 'import', 'audit'));
+
+-- The audit trail (docs/AUDIT.md): every cryptographic operation, key change, migration
+-- job and tamper detection of the cluster, written by pg_dscsa's background worker
+-- alone, each row chained to the previous one by an HMAC under the audit key. Monthly
+-- partitions (dscsa.audit_log_YYYYMM) are made by the worker as needed, so old months
+-- can be detached and archived. Owned by the NOLOGIN role dscsa_audit_owner; append-only
+-- for everyone (triggers enabled ALWAYS); readable by dscsa_auditor. `detail` is the
+-- canonical JSON the MAC covers, kept as text (cast it to jsonb to query it).
+CREATE TABLE dscsa.audit_log (
+    seq                 bigint NOT NULL,
+    ts                  timestamptz NOT NULL,
+    origin              text NOT NULL,
+    epoch               bigint NOT NULL,
+    record_type         text NOT NULL,
+    database            text,
+    session_user_name   text,
+    current_user_name   text,
+    client_addr         text,
+    application         text,
+    backend_pid         integer,
+    backend_start       timestamptz,
+    statement_id        bigint,
+    query_id            bigint,
+    statement           text,
+    operation           text NOT NULL,
+    key_id              integer,
+    key_name            text,
+    key_version         integer,
+    field_kind          text,
+    context             text,
+    outcome             text NOT NULL,
+    count               bigint NOT NULL,
+    detail              text,
+    mac_key_id          integer NOT NULL,
+    prev_mac            bytea NOT NULL,
+    mac                 bytea NOT NULL,
+    PRIMARY KEY (seq, ts)
+) PARTITION BY RANGE (ts);
+CREATE INDEX audit_log_ts ON dscsa.audit_log (ts);
+CREATE INDEX audit_log_statement ON dscsa.audit_log (backend_start, backend_pid, statement_id);
+COMMENT ON TABLE dscsa.audit_log IS
+    'The chained audit trail (docs/AUDIT.md): written by the pg_dscsa worker only, append-only, readable by dscsa_auditor.';
+
+-- Records forwarded by hot standbys (dscsa.audit_ingest), until the worker chains them.
+CREATE TABLE dscsa.audit_inbox (
+    id              bigserial PRIMARY KEY,
+    received_at     timestamptz NOT NULL DEFAULT now(),
+    forwarded_by    name NOT NULL DEFAULT session_user,
+    events          text NOT NULL
+);
+COMMENT ON TABLE dscsa.audit_inbox IS
+    'Audit records forwarded by hot standbys, waiting to be chained into dscsa.audit_log by the worker.';
+
 COMMENT ON TABLE dscsa.keyring IS
     'Wrapped data keys. Readable by dscsa_admin only; changed only through the key administration functions.';
 
@@ -257,6 +314,8 @@ BEGIN
     SELECT * INTO STRICT w FROM dscsa._wrap_new_key(new_id, create_key.key_name, 1, create_key.kek);
     INSERT INTO dscsa.keyring (key_id, key_name, version, status, kek_ref, wrapped_key, key_check)
     VALUES (new_id, create_key.key_name, 1, 'active', w.kek_ref, w.wrapped_key, w.key_check);
+    PERFORM dscsa._audit_key_event('create_key', create_key.key_name, new_id, 1, NULL,
+        jsonb_build_object('purpose', 'data', 'status', 'active', 'kek_ref', w.kek_ref));
     RETURN new_id;
 END
 $$;
@@ -296,6 +355,10 @@ BEGIN
     VALUES (new_id, rotate_key.key_name, new_version, cur.purpose, cur.blind_index_length, 'active',
             w.kek_ref, w.wrapped_key, w.key_check);
     PERFORM dscsa._keyring_changed();
+    PERFORM dscsa._audit_key_event('rotate_key', rotate_key.key_name, new_id, new_version,
+        jsonb_build_object('active_key_id', cur.key_id, 'active_version', cur.version),
+        jsonb_build_object('active_key_id', new_id, 'active_version', new_version,
+                           'previous_version_status', 'decrypt_only', 'kek_ref', w.kek_ref));
     RETURN new_id;
 END
 $$;
@@ -324,6 +387,8 @@ BEGIN
                                kek_ref, wrapped_key, key_check)
     VALUES (new_id, create_blind_index_key.key_name, 1, 'blind_index', length, 'active',
             w.kek_ref, w.wrapped_key, w.key_check);
+    PERFORM dscsa._audit_key_event('create_key', create_blind_index_key.key_name, new_id, 1, NULL,
+        jsonb_build_object('purpose', 'blind_index', 'length', length, 'status', 'active', 'kek_ref', w.kek_ref));
     RETURN new_id;
 END
 $$;
@@ -350,6 +415,8 @@ BEGIN
                                kek_ref, wrapped_key, key_check)
     VALUES (new_id, import_key.key_name, 1, 'import', reference, 'active',
             w.kek_ref, w.wrapped_key, w.key_check);
+    PERFORM dscsa._audit_key_event('import_key', import_key.key_name, new_id, 1, NULL,
+        jsonb_build_object('purpose', 'import', 'reference', reference, 'status', 'active', 'kek_ref', w.kek_ref));
     RETURN new_id;
 END
 $$;
@@ -389,8 +456,13 @@ BEGIN
         END IF;
         UPDATE dscsa.keyring SET wrapped_key = w.wrapped_key, kek_ref = w.kek_ref, rewrapped_at = now()
          WHERE keyring.key_id = k.key_id;
+        PERFORM dscsa._audit_key_event('rotate_kek', k.key_name, k.key_id, k.version,
+            jsonb_build_object('kek_ref', k.kek_ref), jsonb_build_object('kek_ref', w.kek_ref));
         n := n + 1;
     END LOOP;
+    -- Cached copies of these keys leave the cluster's key cache (unwrapped again under
+    -- the new KEK on next use).
+    PERFORM dscsa._keyring_changed();
     RETURN n;
 END
 $$;
@@ -426,6 +498,10 @@ BEGIN
     INSERT INTO dscsa.key_grants (key_name, grantee, privilege)
     VALUES (grant_key.key_name, grant_key.role, grant_key.privilege)
     ON CONFLICT DO NOTHING;
+    IF FOUND THEN
+        PERFORM dscsa._audit_key_event('grant_key', grant_key.key_name, NULL, NULL, NULL,
+            jsonb_build_object('grantee', grant_key.role::text, 'privilege', grant_key.privilege));
+    END IF;
 END
 $$;
 COMMENT ON FUNCTION dscsa.grant_key(text, regrole, text) IS
@@ -449,6 +525,11 @@ BEGIN
        AND (revoke_key.privilege IS NULL OR g.privilege = revoke_key.privilege);
     GET DIAGNOSTICS n = ROW_COUNT;
     PERFORM dscsa._keyring_changed();
+    IF n > 0 THEN
+        PERFORM dscsa._audit_key_event('revoke_key', revoke_key.key_name, NULL, NULL,
+            jsonb_build_object('grantee', revoke_key.role::text, 'privilege', coalesce(revoke_key.privilege, 'all')),
+            NULL);
+    END IF;
     RETURN n;
 END
 $$;
@@ -620,6 +701,10 @@ BEGIN
     IF target.status = 'retired' THEN
         RETURN;
     END IF;
+    IF target.purpose = 'audit' THEN
+        RAISE EXCEPTION 'audit key versions are never retired: the trail names them for as long as it is kept'
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
     SELECT coalesce(sum(u.rows), 0),
            string_agg(format('%s.%I: %s', u.table_name, u.column_name, u.rows), ', ')
       INTO in_use, where_used
@@ -633,10 +718,202 @@ BEGIN
     END IF;
     UPDATE dscsa.keyring SET status = 'retired', retired_at = now() WHERE keyring.key_id = target.key_id;
     PERFORM dscsa._keyring_changed();
+    PERFORM dscsa._audit_key_event('retire_key', retire_key.key_name, target.key_id, target.version,
+        jsonb_build_object('status', target.status), jsonb_build_object('status', 'retired'));
 END
 $$;
 COMMENT ON FUNCTION dscsa.retire_key(text, integer) IS
     'Retires a decrypt-only key version; refused with the row count while any value uses it.';
+
+-- ======== sql/audit.sql ========
+
+-- pg_dscsa: the audit trail (docs/AUDIT.md). The tables are in sql/tables.sql; the
+-- background worker (src/worker/) writes them, backends queue their events in shared
+-- memory (src/audit/). Routines and views only, replayed by upgrades.
+
+-- Refuses any change of the trail but appending (enabled ALWAYS: also with
+-- session_replication_role = replica). A superuser can still disable it; the chain and
+-- the anchors in the server log show what was done then.
+CREATE OR REPLACE FUNCTION dscsa._audit_append_only() RETURNS trigger
+    LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION '% on % is refused: the audit trail is append-only', TG_OP, TG_TABLE_NAME
+        USING ERRCODE = 'insufficient_privilege',
+              HINT = 'Old months are archived by exporting them (dscsa.audit_export) and detaching their partition.';
+END
+$$;
+
+CREATE OR REPLACE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON dscsa.audit_log
+    FOR EACH ROW EXECUTE FUNCTION dscsa._audit_append_only();
+CREATE OR REPLACE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON dscsa.audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION dscsa._audit_append_only();
+ALTER TABLE dscsa.audit_log ENABLE ALWAYS TRIGGER audit_log_append_only;
+ALTER TABLE dscsa.audit_log ENABLE ALWAYS TRIGGER audit_log_no_truncate;
+
+-- The month's partition for `ts`, made if missing (by the worker, before writing).
+CREATE OR REPLACE FUNCTION dscsa._audit_partition(ts timestamptz) RETURNS void
+    LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    first_day timestamptz := date_trunc('month', ts AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+    part name := 'audit_log_' || to_char(first_day AT TIME ZONE 'UTC', 'YYYYMM');
+BEGIN
+    IF to_regclass(format('dscsa.%I', part)) IS NOT NULL THEN
+        RETURN;
+    END IF;
+    EXECUTE format('CREATE TABLE dscsa.%I PARTITION OF dscsa.audit_log FOR VALUES FROM (%L) TO (%L)',
+                   part, first_day, first_day + interval '1 month');
+    EXECUTE format('ALTER TABLE dscsa.%I OWNER TO dscsa_audit_owner', part);
+    EXECUTE format('CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON dscsa.%I
+                    FOR EACH STATEMENT EXECUTE FUNCTION dscsa._audit_append_only()', part);
+    EXECUTE format('ALTER TABLE dscsa.%I ENABLE ALWAYS TRIGGER audit_log_no_truncate', part);
+    EXECUTE format('ALTER TABLE dscsa.%I ENABLE ALWAYS TRIGGER audit_log_append_only', part);
+    EXECUTE format('GRANT SELECT ON dscsa.%I TO dscsa_auditor', part);
+END
+$$;
+
+-- The audit key (purpose 'audit'), made by the worker the first time it writes. Rotate
+-- it with dscsa.rotate_key('dscsa_audit'); every row names the version it was made with.
+CREATE OR REPLACE FUNCTION dscsa._create_audit_key() RETURNS integer
+    LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    new_id integer;
+    w record;
+BEGIN
+    PERFORM dscsa._claim_key_name('dscsa_audit');
+    new_id := nextval('dscsa.keyring_key_id_seq');
+    -- Under the KEK the newest key uses (the development hook's if there is none yet).
+    SELECT * INTO STRICT w FROM dscsa._wrap_new_key(new_id, 'dscsa_audit', 1,
+        coalesce((SELECT k.kek_ref FROM dscsa.keyring k ORDER BY k.key_id DESC LIMIT 1), 'dev'));
+    INSERT INTO dscsa.keyring (key_id, key_name, version, purpose, status, kek_ref, wrapped_key, key_check)
+    VALUES (new_id, 'dscsa_audit', 1, 'audit', 'active', w.kek_ref, w.wrapped_key, w.key_check);
+    PERFORM dscsa._audit_key_event('create_key', 'dscsa_audit', new_id, 1, NULL,
+        jsonb_build_object('purpose', 'audit', 'status', 'active', 'kek_ref', w.kek_ref));
+    RETURN new_id;
+END
+$$;
+
+-- Key lifecycle events made in SQL: recorded when the transaction commits or aborts.
+CREATE OR REPLACE FUNCTION dscsa._audit_key_event(operation text, key_name text, key_id integer,
+                                                  key_version integer, old_state jsonb, new_state jsonb)
+    RETURNS void
+    VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'audit_key_event_wrapper';
+
+-- A migration job's start, progress or end.
+CREATE OR REPLACE FUNCTION dscsa._audit_job_event(operation text, outcome text, detail jsonb)
+    RETURNS void
+    VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'audit_job_event_wrapper';
+
+-- On the primary: records a hot standby forwards (its worker calls this as a role with
+-- dscsa_audit_forwarder). The primary's worker chains them into dscsa.audit_log.
+CREATE OR REPLACE FUNCTION dscsa.audit_ingest(events text) RETURNS void
+    LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF jsonb_typeof(events::jsonb) IS DISTINCT FROM 'array' THEN
+        RAISE EXCEPTION 'forwarded audit records must be a JSON array' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO dscsa.audit_inbox (events) VALUES (audit_ingest.events);
+END
+$$;
+COMMENT ON FUNCTION dscsa.audit_ingest(text) IS
+    'Receives audit records forwarded by a hot standby (role dscsa_audit_forwarder).';
+
+CREATE OR REPLACE FUNCTION dscsa.audit_status()
+    RETURNS TABLE (preloaded boolean, worker_pid integer, worker_ready boolean, heartbeat_age_ms bigint,
+                   queued bigint, queue_size bigint, written bigint, last_anchor_seq bigint, epoch bigint,
+                   counters jsonb)
+    VOLATILE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'audit_status_wrapper';
+COMMENT ON FUNCTION dscsa.audit_status() IS
+    'State of the audit trail: preloaded, worker, queue, records written, last anchor, completeness counters.';
+
+CREATE OR REPLACE FUNCTION dscsa.audit_verify(server_log text DEFAULT NULL)
+    RETURNS TABLE (verified boolean, records bigint, first_seq bigint, last_seq bigint,
+                   anchors_in_trail bigint, logged_anchors_checked bigint, intervals_checked bigint,
+                   break_kind text, break_seq bigint, message text)
+    VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'audit_verify_wrapper';
+COMMENT ON FUNCTION dscsa.audit_verify(text) IS
+    'Verifies the chain, the completeness counters and (given the server log text) the logged anchors; reports the first break.';
+
+CREATE OR REPLACE FUNCTION dscsa.audit_export(from_seq bigint DEFAULT NULL, to_seq bigint DEFAULT NULL)
+    RETURNS SETOF text
+    VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'audit_export_wrapper';
+COMMENT ON FUNCTION dscsa.audit_export(bigint, bigint) IS
+    'The trail (or a range, widened to the anchors around it) as JSON Lines for pg_dscsa_audit_verify: a header with the wrapped audit keys, then one record per line.';
+
+-- Statements that opened (started revealing plaintext) without a record of what they
+-- did: their backend died (killed, crashed) before it could say, or is still running.
+CREATE OR REPLACE VIEW dscsa.audit_unclosed_statements AS
+SELECT o.seq, o.ts, o.origin, o.database, o.session_user_name, o.current_user_name, o.client_addr,
+       o.application, o.backend_pid, o.backend_start, o.statement_id, o.query_id, o.operation,
+       EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
+                WHERE a.pid OPERATOR(pg_catalog.=) o.backend_pid
+                  AND a.backend_start OPERATOR(pg_catalog.=) o.backend_start) AS backend_alive
+  FROM dscsa.audit_log o
+ WHERE o.record_type OPERATOR(pg_catalog.=) 'opened'
+   AND NOT EXISTS (SELECT 1 FROM dscsa.audit_log c
+                    WHERE c.record_type OPERATOR(pg_catalog.=) 'access'
+                      AND c.origin OPERATOR(pg_catalog.=) o.origin
+                      AND c.backend_start OPERATOR(pg_catalog.=) o.backend_start
+                      AND c.backend_pid OPERATOR(pg_catalog.=) o.backend_pid
+                      AND c.statement_id OPERATOR(pg_catalog.<=) o.statement_id
+                      -- A merged record covers its statements up to last_statement_id.
+                      AND o.statement_id OPERATOR(pg_catalog.<=) coalesce(
+                              (c.detail::jsonb OPERATOR(pg_catalog.->>) 'last_statement_id')::bigint,
+                              c.statement_id));
+COMMENT ON VIEW dscsa.audit_unclosed_statements IS
+    'Statements that started decrypting but whose access records never came: the backend was killed or is still running.';
+
+-- ======== sql/kms.sql ========
+
+-- pg_dscsa: key management status (docs/KMS.md, "Key cache and circuit breaker"). The
+-- state lives in shared memory (src/shmem.rs); these are routines and views only,
+-- replayed by upgrades.
+
+CREATE OR REPLACE FUNCTION dscsa._kms_status()
+    RETURNS TABLE (provider text, breaker text, consecutive_failures integer, opened_at timestamptz,
+                   hook_runs bigint, hook_failures bigint, rejected bigint,
+                   last_success timestamptz, last_failure timestamptz, last_failure_class text,
+                   last_latency_ms double precision,
+                   cache_hits bigint, cache_misses bigint, cache_refreshes bigint,
+                   cache_entries integer, cache_capacity integer, cache_memory_locked boolean,
+                   session_key_memory_locked boolean, soft_ttl_s integer, hard_ttl_s integer)
+    VOLATILE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'kms_status_wrapper';
+
+-- One row per KMS hook command the cluster called (its program's name only: its
+-- arguments name configuration files), with its circuit breaker and counters since the
+-- server started; the key cache's counters on every row.
+CREATE OR REPLACE VIEW dscsa.kms_status AS SELECT * FROM dscsa._kms_status();
+COMMENT ON VIEW dscsa.kms_status IS
+    'KMS hook, circuit breaker (closed, open, half-open), hook and key cache counters, TTLs; never key bytes.';
+
+CREATE OR REPLACE FUNCTION dscsa._kms_cache()
+    RETURNS TABLE (key_name text, version integer, key_id bigint, unwrapped_at timestamptz,
+                   age_s double precision, refresh_in_s double precision, expires_in_s double precision,
+                   last_used timestamptz, hits bigint)
+    VOLATILE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'kms_cache_wrapper';
+
+CREATE OR REPLACE VIEW dscsa.kms_cache AS SELECT * FROM dscsa._kms_cache();
+COMMENT ON VIEW dscsa.kms_cache IS
+    'This database''s keys in the cluster''s key cache: when unwrapped, when refreshed and expired, hits; never key bytes.';
+
+CREATE OR REPLACE FUNCTION dscsa.kms_health(kek text DEFAULT 'dev')
+    RETURNS TABLE (provider text, kek_ref text, ok boolean, wrap_ms double precision,
+                   unwrap_ms double precision, message text)
+    VOLATILE STRICT PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'kms_health_wrapper';
+COMMENT ON FUNCTION dscsa.kms_health(text) IS
+    'Wraps a random canary under kek through the KMS hook and unwraps it again: provider, latencies, what went wrong.';
+
+CREATE OR REPLACE FUNCTION dscsa.flush_key_cache() RETURNS bigint
+    VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'flush_key_cache_wrapper';
+COMMENT ON FUNCTION dscsa.flush_key_cache() IS
+    'Evicts (and zeroes) this database''s keys from the cluster''s key cache; returns how many. Recorded in the audit trail.';
 
 -- ======== sql/blind_index.sql ========
 
@@ -676,6 +953,10 @@ CREATE OR REPLACE FUNCTION dscsa.authenticate(value dscsa.encrypted) RETURNS tex
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_authenticate';
 CREATE OR REPLACE FUNCTION dscsa.authenticate(value dscsa.encrypted, context text) RETURNS text
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_authenticate';
+-- As authenticate, naming where the value is (table, column, primary key) in the audit
+-- record of a failure: used by dscsa.verify_column.
+CREATE OR REPLACE FUNCTION dscsa._authenticate_at(value dscsa.encrypted, context text, location jsonb) RETURNS text
+    VOLATILE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_authenticate_at';
 COMMENT ON FUNCTION dscsa.authenticate(dscsa.encrypted, text) IS
     'Checks a value''s GCM tag under its key version: ok, failed (modified / wrong context) or malformed. Reveals nothing else.';
 
@@ -1164,8 +1445,13 @@ BEGIN
         RAISE NOTICE 'dscsa.protect_column: %.% is already protected', tbl, col;
         RETURN job;
     END IF;
+    PERFORM dscsa._audit_job_event('protect_column', CASE WHEN r.twin_column IS NULL THEN 'started' ELSE 'resumed' END,
+        jsonb_build_object('table', tbl::text, 'column', col, 'mode', mode, 'kind', r.kind,
+                           'data_key', r.data_key, 'blind_index_key', r.blind_index_key));
     IF mode = 'in_place' THEN
         PERFORM dscsa._protect_in_place(r);
+        PERFORM dscsa._audit_job_event('protect_column', 'finished',
+            jsonb_build_object('table', tbl::text, 'column', col, 'mode', mode));
         RETURN job;
     END IF;
     IF r.twin_column IS NULL THEN
@@ -1343,6 +1629,8 @@ BEGIN
     r.next_block := NULL;
     PERFORM dscsa._finish_protection(r);
     RAISE NOTICE 'dscsa.protect_column %.%: protected online, % rows backfilled', job.tbl, job.col, r.rows_done;
+    PERFORM dscsa._audit_job_event('protect_column', 'finished',
+        jsonb_build_object('table', job.tbl::text, 'column', job.col, 'mode', 'online', 'rows', r.rows_done));
     job.phase := 'done';
     job.finished := true;
     RETURN job;
@@ -1412,6 +1700,8 @@ BEGIN
         EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', tbl, r.blind_index_column);
     END IF;
     PERFORM dscsa._registry('delete', tbl, col);
+    PERFORM dscsa._audit_job_event('abort_protect_column', 'finished',
+        jsonb_build_object('table', tbl::text, 'column', col, 'rows_backfilled', r.rows_done));
 END
 $$;
 COMMENT ON PROCEDURE dscsa.abort_protect_column(regclass, name) IS
@@ -1454,6 +1744,8 @@ BEGIN
         END IF;
     END IF;
     PERFORM dscsa._registry('delete', tbl, col);
+    PERFORM dscsa._audit_job_event('unprotect_column', 'finished',
+        jsonb_build_object('table', tbl::text, 'column', col, 'original_type', original));
     RAISE NOTICE 'dscsa.unprotect_column %.%: back to %', tbl, col, original;
 END
 $$;
@@ -1560,6 +1852,8 @@ BEGIN
     EXECUTE (dscsa._batch_statements(job)).remaining_stmt INTO job.total USING target_id;
     EXECUTE format('SELECT count(*) FROM %s WHERE ctid < ''(8,0)''::tid', tbl) INTO n;
     job.step := greatest(1, batch_size / greatest(n / greatest(least(job.end_block, 8), 1), 1));
+    PERFORM dscsa._audit_job_event(job_name, 'started',
+        jsonb_build_object('table', tbl::text, 'column', col, 'target_key_id', target_id, 'rows', job.total));
     RETURN job;
 END
 $$;
@@ -1604,10 +1898,14 @@ BEGIN
     EXECUTE stmts.remaining_stmt INTO remaining USING job.target_id;
     IF remaining = 0 THEN
         RAISE NOTICE 'dscsa.% %.%: done, % rows rewritten under key id %', job.job, job.tbl, job.col, job.done, job.target_id;
+        PERFORM dscsa._audit_job_event(job.job, 'finished',
+            jsonb_build_object('table', job.tbl::text, 'column', job.col, 'target_key_id', job.target_id, 'rows', job.done));
         job.finished := true;
     ELSIF job.waits >= 600 THEN
         RAISE WARNING '% rows of %.% are still locked by other transactions; call dscsa.% again',
             remaining, job.tbl, job.col, job.job;
+        PERFORM dscsa._audit_job_event(job.job, 'stopped',
+            jsonb_build_object('table', job.tbl::text, 'column', job.col, 'rows', job.done, 'rows_left', remaining));
         job.finished := true;
     ELSE
         job.waits := job.waits + 1;
@@ -1913,30 +2211,35 @@ COMMENT ON FUNCTION dscsa.drop_view(regclass) IS
 CREATE OR REPLACE FUNCTION dscsa.verify_column(tbl regclass, col name, context text DEFAULT NULL)
     RETURNS TABLE (key_id integer, key_name text, key_version integer, key_status text,
                    rows bigint, authenticated bigint, failed bigint, failed_rows jsonb)
-    LANGUAGE plpgsql STABLE PARALLEL UNSAFE
+    LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     ctx text := coalesce(context, (SELECT p.context FROM dscsa.protected_columns p
                                     WHERE p.relid = tbl AND p.column_name = col), '');
     pk text;
+    total_rows bigint := 0;
+    total_failed bigint := 0;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
                     WHERE a.attrelid = tbl AND a.attname = col AND NOT a.attisdropped
                       AND (t.oid = 'dscsa.encrypted'::regtype OR t.typbasetype = 'dscsa.encrypted'::regtype)) THEN
         RAISE EXCEPTION 'column %.% is not an encrypted column', tbl, col USING ERRCODE = 'wrong_object_type';
     END IF;
+    PERFORM dscsa._audit_job_event('verify_column', 'started', jsonb_build_object('table', tbl::text, 'column', col));
     SELECT 'pg_catalog.jsonb_build_object(' || string_agg(pg_catalog.format('%L, x.%I', a.attname, a.attname), ', ') || ')'
       INTO pk
       FROM pg_catalog.pg_index i
       JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
      WHERE i.indrelid = tbl AND i.indisprimary;
     pk := coalesce(pk, 'pg_catalog.jsonb_build_object(''ctid'', x.ctid::text)');
-    RETURN QUERY EXECUTE pg_catalog.format(
+    FOR key_id, key_name, key_version, key_status, rows, authenticated, failed, failed_rows IN EXECUTE pg_catalog.format(
         'WITH checked AS (
              SELECT CASE WHEN v.verdict = ''malformed'' THEN NULL ELSE dscsa.envelope_key_id(x.%1$I)::integer END AS kid,
                     v.verdict, %2$s AS pk
-               FROM %3$s x, LATERAL (SELECT dscsa.authenticate(x.%1$I, $1) AS verdict) v
+               FROM %3$s x, LATERAL (SELECT dscsa._authenticate_at(x.%1$I, $1, pg_catalog.jsonb_build_object(
+                                     ''found_by'', ''verify_column'', ''table'', $2, ''column'', $3,
+                                     ''primary_key'', %2$s)) AS verdict) v
               WHERE x.%1$I IS NOT NULL)
          SELECT c.kid, m.key_name, m.version, coalesce(m.status, CASE WHEN c.kid IS NULL THEN ''malformed'' ELSE ''unknown key id'' END),
                 count(*), count(*) FILTER (WHERE c.verdict = ''ok''), count(*) FILTER (WHERE c.verdict <> ''ok''),
@@ -1946,11 +2249,20 @@ BEGIN
          UNION ALL
          SELECT NULL, NULL, NULL, ''null'', count(*), NULL, NULL, NULL FROM %3$s x WHERE x.%1$I IS NULL
          ORDER BY 1 NULLS LAST',
-        col, pk, tbl) USING ctx;
+        col, pk, tbl) USING ctx, tbl::text, col::text
+    LOOP
+        -- (Each failing row was recorded as a tamper detection, with table, column and
+        -- primary key, by dscsa._authenticate_at, and alerted.)
+        total_rows := total_rows + rows;
+        total_failed := total_failed + coalesce(failed, 0);
+        RETURN NEXT;
+    END LOOP;
+    PERFORM dscsa._audit_job_event('verify_column', 'finished',
+        jsonb_build_object('table', tbl::text, 'column', col, 'rows', total_rows, 'failed', total_failed));
 END
 $$;
 COMMENT ON FUNCTION dscsa.verify_column(regclass, name, text) IS
-    'Auditor''s report for an encrypted column: rows per key version, GCM-authenticated rows, failing rows by primary key, NULLs. Reveals no plaintext.';
+    'Auditor''s report for an encrypted column: rows per key version, GCM-authenticated rows, failing rows by primary key (each also recorded in the audit trail as a tamper detection, and alerted), NULLs. Reveals no plaintext.';
 
 -- ======== sql/privileges.sql ========
 
@@ -1961,6 +2273,9 @@ COMMENT ON FUNCTION dscsa.verify_column(regclass, name, text) IS
 --                 read all keyring metadata, protect columns of tables it owns.
 --   dscsa_writer  encrypt only (a packaging line): cannot decrypt.
 --   dscsa_reader  decrypt only. An application that does both is granted both roles.
+--   dscsa_auditor reads and verifies the audit trail (docs/AUDIT.md).
+--   dscsa_audit_forwarder  a hot standby's worker logs in with it to hand its records over.
+--   dscsa_audit_owner      owns the audit trail; NOLOGIN, nobody acts as it.
 --
 -- Which key a role may use, and for what, is granted per key with dscsa.grant_key();
 -- the grants below are the outer fence. Roles are cluster-wide, so they are created only
@@ -1971,7 +2286,8 @@ DO $$
 DECLARE
     r text;
 BEGIN
-    FOREACH r IN ARRAY ARRAY['dscsa_admin', 'dscsa_writer', 'dscsa_reader'] LOOP
+    FOREACH r IN ARRAY ARRAY['dscsa_admin', 'dscsa_writer', 'dscsa_reader', 'dscsa_auditor',
+                             'dscsa_audit_forwarder', 'dscsa_audit_owner'] LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) r) THEN
             BEGIN
                 EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', r);
@@ -1984,15 +2300,15 @@ BEGIN
 END
 $$;
 
-REVOKE ALL ON SCHEMA dscsa FROM PUBLIC, dscsa_admin, dscsa_writer, dscsa_reader;
-REVOKE ALL ON ALL ROUTINES IN SCHEMA dscsa FROM PUBLIC, dscsa_admin, dscsa_writer, dscsa_reader;
-REVOKE ALL ON ALL TABLES IN SCHEMA dscsa FROM PUBLIC, dscsa_admin, dscsa_writer, dscsa_reader;
-REVOKE ALL ON ALL SEQUENCES IN SCHEMA dscsa FROM PUBLIC, dscsa_admin, dscsa_writer, dscsa_reader;
+REVOKE ALL ON SCHEMA dscsa FROM PUBLIC, dscsa_admin, dscsa_writer, dscsa_reader, dscsa_auditor, dscsa_audit_forwarder;
+REVOKE ALL ON ALL ROUTINES IN SCHEMA dscsa FROM PUBLIC, dscsa_admin, dscsa_writer, dscsa_reader, dscsa_auditor, dscsa_audit_forwarder;
+REVOKE ALL ON ALL TABLES IN SCHEMA dscsa FROM PUBLIC, dscsa_admin, dscsa_writer, dscsa_reader, dscsa_auditor, dscsa_audit_forwarder;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA dscsa FROM PUBLIC, dscsa_admin, dscsa_writer, dscsa_reader, dscsa_auditor, dscsa_audit_forwarder;
 REVOKE ALL ON TYPE dscsa.encrypted, dscsa.gtin_encrypted, dscsa.serial_encrypted,
     dscsa.lot_encrypted, dscsa.expiry_encrypted, dscsa._batch_job, dscsa._protect_job
-    FROM PUBLIC, dscsa_admin, dscsa_writer, dscsa_reader;
+    FROM PUBLIC, dscsa_admin, dscsa_writer, dscsa_reader, dscsa_auditor, dscsa_audit_forwarder;
 
-GRANT USAGE ON SCHEMA dscsa TO dscsa_admin, dscsa_writer, dscsa_reader;
+GRANT USAGE ON SCHEMA dscsa TO dscsa_admin, dscsa_writer, dscsa_reader, dscsa_auditor, dscsa_audit_forwarder;
 GRANT USAGE ON TYPE dscsa.encrypted, dscsa.gtin_encrypted, dscsa.serial_encrypted,
     dscsa.lot_encrypted, dscsa.expiry_encrypted, dscsa._batch_job, dscsa._protect_job
     TO dscsa_admin, dscsa_writer, dscsa_reader;
@@ -2062,7 +2378,20 @@ GRANT EXECUTE ON FUNCTION dscsa.import_json(jsonb, text, text),
     dscsa.import_json(jsonb, text, text, text) TO dscsa_writer;
 -- Authenticating without decrypting: auditors (admin) and readers.
 GRANT EXECUTE ON FUNCTION dscsa.authenticate(dscsa.encrypted), dscsa.authenticate(dscsa.encrypted, text),
+    dscsa._authenticate_at(dscsa.encrypted, text, jsonb),
     dscsa.verify_column(regclass, name, text) TO dscsa_admin, dscsa_reader;
+
+-- The audit trail: owned by a role nobody logs in as, append-only (triggers), read and
+-- verified by auditors. The worker writes it; migration procedures report their jobs.
+ALTER TABLE dscsa.audit_log OWNER TO dscsa_audit_owner;
+GRANT SELECT ON dscsa.audit_log, dscsa.audit_unclosed_statements TO dscsa_auditor;
+GRANT EXECUTE ON FUNCTION dscsa.audit_verify(text), dscsa.audit_export(bigint, bigint) TO dscsa_auditor;
+GRANT EXECUTE ON FUNCTION dscsa.audit_status() TO dscsa_auditor, dscsa_admin;
+-- Key management status and health: the key administrators.
+GRANT SELECT ON dscsa.kms_status, dscsa.kms_cache TO dscsa_admin;
+GRANT EXECUTE ON FUNCTION dscsa.kms_health(text), dscsa.flush_key_cache() TO dscsa_admin;
+GRANT EXECUTE ON FUNCTION dscsa._audit_job_event(text, text, jsonb) TO dscsa_admin, dscsa_writer, dscsa_reader;
+GRANT EXECUTE ON FUNCTION dscsa.audit_ingest(text) TO dscsa_audit_forwarder;
 
 -- Column protection. The DBA who protects a column owns the table and also holds
 -- dscsa_writer (dscsa_reader to revert it). The registry is written only through

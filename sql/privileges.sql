@@ -5,6 +5,9 @@
 --                 read all keyring metadata, protect columns of tables it owns.
 --   dscsa_writer  encrypt only (a packaging line): cannot decrypt.
 --   dscsa_reader  decrypt only. An application that does both is granted both roles.
+--   dscsa_auditor reads and verifies the audit trail (docs/AUDIT.md).
+--   dscsa_audit_forwarder  a hot standby's worker logs in with it to hand its records over.
+--   dscsa_audit_owner      owns the audit trail; NOLOGIN, nobody acts as it.
 --
 -- Which key a role may use, and for what, is granted per key with dscsa.grant_key();
 -- the grants below are the outer fence. Roles are cluster-wide, so they are created only
@@ -15,7 +18,8 @@ DO $$
 DECLARE
     r text;
 BEGIN
-    FOREACH r IN ARRAY ARRAY['dscsa_admin', 'dscsa_writer', 'dscsa_reader'] LOOP
+    FOREACH r IN ARRAY ARRAY['dscsa_admin', 'dscsa_writer', 'dscsa_reader', 'dscsa_auditor',
+                             'dscsa_audit_forwarder', 'dscsa_audit_owner'] LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) r) THEN
             BEGIN
                 EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', r);
@@ -28,15 +32,15 @@ BEGIN
 END
 $$;
 
-REVOKE ALL ON SCHEMA dscsa FROM PUBLIC, dscsa_admin, dscsa_writer, dscsa_reader;
-REVOKE ALL ON ALL ROUTINES IN SCHEMA dscsa FROM PUBLIC, dscsa_admin, dscsa_writer, dscsa_reader;
-REVOKE ALL ON ALL TABLES IN SCHEMA dscsa FROM PUBLIC, dscsa_admin, dscsa_writer, dscsa_reader;
-REVOKE ALL ON ALL SEQUENCES IN SCHEMA dscsa FROM PUBLIC, dscsa_admin, dscsa_writer, dscsa_reader;
+REVOKE ALL ON SCHEMA dscsa FROM PUBLIC, dscsa_admin, dscsa_writer, dscsa_reader, dscsa_auditor, dscsa_audit_forwarder;
+REVOKE ALL ON ALL ROUTINES IN SCHEMA dscsa FROM PUBLIC, dscsa_admin, dscsa_writer, dscsa_reader, dscsa_auditor, dscsa_audit_forwarder;
+REVOKE ALL ON ALL TABLES IN SCHEMA dscsa FROM PUBLIC, dscsa_admin, dscsa_writer, dscsa_reader, dscsa_auditor, dscsa_audit_forwarder;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA dscsa FROM PUBLIC, dscsa_admin, dscsa_writer, dscsa_reader, dscsa_auditor, dscsa_audit_forwarder;
 REVOKE ALL ON TYPE dscsa.encrypted, dscsa.gtin_encrypted, dscsa.serial_encrypted,
     dscsa.lot_encrypted, dscsa.expiry_encrypted, dscsa._batch_job, dscsa._protect_job
-    FROM PUBLIC, dscsa_admin, dscsa_writer, dscsa_reader;
+    FROM PUBLIC, dscsa_admin, dscsa_writer, dscsa_reader, dscsa_auditor, dscsa_audit_forwarder;
 
-GRANT USAGE ON SCHEMA dscsa TO dscsa_admin, dscsa_writer, dscsa_reader;
+GRANT USAGE ON SCHEMA dscsa TO dscsa_admin, dscsa_writer, dscsa_reader, dscsa_auditor, dscsa_audit_forwarder;
 GRANT USAGE ON TYPE dscsa.encrypted, dscsa.gtin_encrypted, dscsa.serial_encrypted,
     dscsa.lot_encrypted, dscsa.expiry_encrypted, dscsa._batch_job, dscsa._protect_job
     TO dscsa_admin, dscsa_writer, dscsa_reader;
@@ -106,7 +110,20 @@ GRANT EXECUTE ON FUNCTION dscsa.import_json(jsonb, text, text),
     dscsa.import_json(jsonb, text, text, text) TO dscsa_writer;
 -- Authenticating without decrypting: auditors (admin) and readers.
 GRANT EXECUTE ON FUNCTION dscsa.authenticate(dscsa.encrypted), dscsa.authenticate(dscsa.encrypted, text),
+    dscsa._authenticate_at(dscsa.encrypted, text, jsonb),
     dscsa.verify_column(regclass, name, text) TO dscsa_admin, dscsa_reader;
+
+-- The audit trail: owned by a role nobody logs in as, append-only (triggers), read and
+-- verified by auditors. The worker writes it; migration procedures report their jobs.
+ALTER TABLE dscsa.audit_log OWNER TO dscsa_audit_owner;
+GRANT SELECT ON dscsa.audit_log, dscsa.audit_unclosed_statements TO dscsa_auditor;
+GRANT EXECUTE ON FUNCTION dscsa.audit_verify(text), dscsa.audit_export(bigint, bigint) TO dscsa_auditor;
+GRANT EXECUTE ON FUNCTION dscsa.audit_status() TO dscsa_auditor, dscsa_admin;
+-- Key management status and health: the key administrators.
+GRANT SELECT ON dscsa.kms_status, dscsa.kms_cache TO dscsa_admin;
+GRANT EXECUTE ON FUNCTION dscsa.kms_health(text), dscsa.flush_key_cache() TO dscsa_admin;
+GRANT EXECUTE ON FUNCTION dscsa._audit_job_event(text, text, jsonb) TO dscsa_admin, dscsa_writer, dscsa_reader;
+GRANT EXECUTE ON FUNCTION dscsa.audit_ingest(text) TO dscsa_audit_forwarder;
 
 -- Column protection. The DBA who protects a column owns the table and also holds
 -- dscsa_writer (dscsa_reader to revert it). The registry is written only through

@@ -471,8 +471,13 @@ BEGIN
         RAISE NOTICE 'dscsa.protect_column: %.% is already protected', tbl, col;
         RETURN job;
     END IF;
+    PERFORM dscsa._audit_job_event('protect_column', CASE WHEN r.twin_column IS NULL THEN 'started' ELSE 'resumed' END,
+        jsonb_build_object('table', tbl::text, 'column', col, 'mode', mode, 'kind', r.kind,
+                           'data_key', r.data_key, 'blind_index_key', r.blind_index_key));
     IF mode = 'in_place' THEN
         PERFORM dscsa._protect_in_place(r);
+        PERFORM dscsa._audit_job_event('protect_column', 'finished',
+            jsonb_build_object('table', tbl::text, 'column', col, 'mode', mode));
         RETURN job;
     END IF;
     IF r.twin_column IS NULL THEN
@@ -650,6 +655,8 @@ BEGIN
     r.next_block := NULL;
     PERFORM dscsa._finish_protection(r);
     RAISE NOTICE 'dscsa.protect_column %.%: protected online, % rows backfilled', job.tbl, job.col, r.rows_done;
+    PERFORM dscsa._audit_job_event('protect_column', 'finished',
+        jsonb_build_object('table', job.tbl::text, 'column', job.col, 'mode', 'online', 'rows', r.rows_done));
     job.phase := 'done';
     job.finished := true;
     RETURN job;
@@ -719,6 +726,8 @@ BEGIN
         EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', tbl, r.blind_index_column);
     END IF;
     PERFORM dscsa._registry('delete', tbl, col);
+    PERFORM dscsa._audit_job_event('abort_protect_column', 'finished',
+        jsonb_build_object('table', tbl::text, 'column', col, 'rows_backfilled', r.rows_done));
 END
 $$;
 COMMENT ON PROCEDURE dscsa.abort_protect_column(regclass, name) IS
@@ -761,6 +770,8 @@ BEGIN
         END IF;
     END IF;
     PERFORM dscsa._registry('delete', tbl, col);
+    PERFORM dscsa._audit_job_event('unprotect_column', 'finished',
+        jsonb_build_object('table', tbl::text, 'column', col, 'original_type', original));
     RAISE NOTICE 'dscsa.unprotect_column %.%: back to %', tbl, col, original;
 END
 $$;

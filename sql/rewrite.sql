@@ -96,6 +96,8 @@ BEGIN
     EXECUTE (dscsa._batch_statements(job)).remaining_stmt INTO job.total USING target_id;
     EXECUTE format('SELECT count(*) FROM %s WHERE ctid < ''(8,0)''::tid', tbl) INTO n;
     job.step := greatest(1, batch_size / greatest(n / greatest(least(job.end_block, 8), 1), 1));
+    PERFORM dscsa._audit_job_event(job_name, 'started',
+        jsonb_build_object('table', tbl::text, 'column', col, 'target_key_id', target_id, 'rows', job.total));
     RETURN job;
 END
 $$;
@@ -140,10 +142,14 @@ BEGIN
     EXECUTE stmts.remaining_stmt INTO remaining USING job.target_id;
     IF remaining = 0 THEN
         RAISE NOTICE 'dscsa.% %.%: done, % rows rewritten under key id %', job.job, job.tbl, job.col, job.done, job.target_id;
+        PERFORM dscsa._audit_job_event(job.job, 'finished',
+            jsonb_build_object('table', job.tbl::text, 'column', job.col, 'target_key_id', job.target_id, 'rows', job.done));
         job.finished := true;
     ELSIF job.waits >= 600 THEN
         RAISE WARNING '% rows of %.% are still locked by other transactions; call dscsa.% again',
             remaining, job.tbl, job.col, job.job;
+        PERFORM dscsa._audit_job_event(job.job, 'stopped',
+            jsonb_build_object('table', job.tbl::text, 'column', job.col, 'rows', job.done, 'rows_left', remaining));
         job.finished := true;
     ELSE
         job.waits := job.waits + 1;

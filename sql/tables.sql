@@ -18,7 +18,8 @@ CREATE TABLE dscsa.keyring (
     version         integer NOT NULL CHECK (version > 0),
     -- data: encrypts envelopes. blind_index: HMAC key of blind indexes, never encrypts.
     -- import: another application's AES-GCM key, only used to convert its values.
-    purpose         text NOT NULL DEFAULT 'data' CHECK (purpose IN ('data', 'blind_index', 'import')),
+    -- audit: the HMAC key of the audit trail's chain (docs/AUDIT.md), used by the worker only.
+    purpose         text NOT NULL DEFAULT 'data' CHECK (purpose IN ('data', 'blind_index', 'import', 'audit')),
     blind_index_length smallint CHECK ((purpose = 'blind_index') = (blind_index_length IS NOT NULL)
                                        AND blind_index_length BETWEEN 8 AND 32),
     -- import keys: the KMS reference the key was fetched by.
@@ -121,3 +122,55 @@ CREATE TYPE dscsa._protect_job AS (
     started     timestamptz,
     finished    boolean
 );
+
+-- The audit trail (docs/AUDIT.md): every cryptographic operation, key change, migration
+-- job and tamper detection of the cluster, written by pg_dscsa's background worker
+-- alone, each row chained to the previous one by an HMAC under the audit key. Monthly
+-- partitions (dscsa.audit_log_YYYYMM) are made by the worker as needed, so old months
+-- can be detached and archived. Owned by the NOLOGIN role dscsa_audit_owner; append-only
+-- for everyone (triggers enabled ALWAYS); readable by dscsa_auditor. `detail` is the
+-- canonical JSON the MAC covers, kept as text (cast it to jsonb to query it).
+CREATE TABLE dscsa.audit_log (
+    seq                 bigint NOT NULL,
+    ts                  timestamptz NOT NULL,
+    origin              text NOT NULL,
+    epoch               bigint NOT NULL,
+    record_type         text NOT NULL,
+    database            text,
+    session_user_name   text,
+    current_user_name   text,
+    client_addr         text,
+    application         text,
+    backend_pid         integer,
+    backend_start       timestamptz,
+    statement_id        bigint,
+    query_id            bigint,
+    statement           text,
+    operation           text NOT NULL,
+    key_id              integer,
+    key_name            text,
+    key_version         integer,
+    field_kind          text,
+    context             text,
+    outcome             text NOT NULL,
+    count               bigint NOT NULL,
+    detail              text,
+    mac_key_id          integer NOT NULL,
+    prev_mac            bytea NOT NULL,
+    mac                 bytea NOT NULL,
+    PRIMARY KEY (seq, ts)
+) PARTITION BY RANGE (ts);
+CREATE INDEX audit_log_ts ON dscsa.audit_log (ts);
+CREATE INDEX audit_log_statement ON dscsa.audit_log (backend_start, backend_pid, statement_id);
+COMMENT ON TABLE dscsa.audit_log IS
+    'The chained audit trail (docs/AUDIT.md): written by the pg_dscsa worker only, append-only, readable by dscsa_auditor.';
+
+-- Records forwarded by hot standbys (dscsa.audit_ingest), until the worker chains them.
+CREATE TABLE dscsa.audit_inbox (
+    id              bigserial PRIMARY KEY,
+    received_at     timestamptz NOT NULL DEFAULT now(),
+    forwarded_by    name NOT NULL DEFAULT session_user,
+    events          text NOT NULL
+);
+COMMENT ON TABLE dscsa.audit_inbox IS
+    'Audit records forwarded by hot standbys, waiting to be chained into dscsa.audit_log by the worker.';

@@ -197,30 +197,35 @@ COMMENT ON FUNCTION dscsa.drop_view(regclass) IS
 CREATE OR REPLACE FUNCTION dscsa.verify_column(tbl regclass, col name, context text DEFAULT NULL)
     RETURNS TABLE (key_id integer, key_name text, key_version integer, key_status text,
                    rows bigint, authenticated bigint, failed bigint, failed_rows jsonb)
-    LANGUAGE plpgsql STABLE PARALLEL UNSAFE
+    LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     ctx text := coalesce(context, (SELECT p.context FROM dscsa.protected_columns p
                                     WHERE p.relid = tbl AND p.column_name = col), '');
     pk text;
+    total_rows bigint := 0;
+    total_failed bigint := 0;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
                     WHERE a.attrelid = tbl AND a.attname = col AND NOT a.attisdropped
                       AND (t.oid = 'dscsa.encrypted'::regtype OR t.typbasetype = 'dscsa.encrypted'::regtype)) THEN
         RAISE EXCEPTION 'column %.% is not an encrypted column', tbl, col USING ERRCODE = 'wrong_object_type';
     END IF;
+    PERFORM dscsa._audit_job_event('verify_column', 'started', jsonb_build_object('table', tbl::text, 'column', col));
     SELECT 'pg_catalog.jsonb_build_object(' || string_agg(pg_catalog.format('%L, x.%I', a.attname, a.attname), ', ') || ')'
       INTO pk
       FROM pg_catalog.pg_index i
       JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
      WHERE i.indrelid = tbl AND i.indisprimary;
     pk := coalesce(pk, 'pg_catalog.jsonb_build_object(''ctid'', x.ctid::text)');
-    RETURN QUERY EXECUTE pg_catalog.format(
+    FOR key_id, key_name, key_version, key_status, rows, authenticated, failed, failed_rows IN EXECUTE pg_catalog.format(
         'WITH checked AS (
              SELECT CASE WHEN v.verdict = ''malformed'' THEN NULL ELSE dscsa.envelope_key_id(x.%1$I)::integer END AS kid,
                     v.verdict, %2$s AS pk
-               FROM %3$s x, LATERAL (SELECT dscsa.authenticate(x.%1$I, $1) AS verdict) v
+               FROM %3$s x, LATERAL (SELECT dscsa._authenticate_at(x.%1$I, $1, pg_catalog.jsonb_build_object(
+                                     ''found_by'', ''verify_column'', ''table'', $2, ''column'', $3,
+                                     ''primary_key'', %2$s)) AS verdict) v
               WHERE x.%1$I IS NOT NULL)
          SELECT c.kid, m.key_name, m.version, coalesce(m.status, CASE WHEN c.kid IS NULL THEN ''malformed'' ELSE ''unknown key id'' END),
                 count(*), count(*) FILTER (WHERE c.verdict = ''ok''), count(*) FILTER (WHERE c.verdict <> ''ok''),
@@ -230,8 +235,17 @@ BEGIN
          UNION ALL
          SELECT NULL, NULL, NULL, ''null'', count(*), NULL, NULL, NULL FROM %3$s x WHERE x.%1$I IS NULL
          ORDER BY 1 NULLS LAST',
-        col, pk, tbl) USING ctx;
+        col, pk, tbl) USING ctx, tbl::text, col::text
+    LOOP
+        -- (Each failing row was recorded as a tamper detection, with table, column and
+        -- primary key, by dscsa._authenticate_at, and alerted.)
+        total_rows := total_rows + rows;
+        total_failed := total_failed + coalesce(failed, 0);
+        RETURN NEXT;
+    END LOOP;
+    PERFORM dscsa._audit_job_event('verify_column', 'finished',
+        jsonb_build_object('table', tbl::text, 'column', col, 'rows', total_rows, 'failed', total_failed));
 END
 $$;
 COMMENT ON FUNCTION dscsa.verify_column(regclass, name, text) IS
-    'Auditor''s report for an encrypted column: rows per key version, GCM-authenticated rows, failing rows by primary key, NULLs. Reveals no plaintext.';
+    'Auditor''s report for an encrypted column: rows per key version, GCM-authenticated rows, failing rows by primary key (each also recorded in the audit trail as a tamper detection, and alerted), NULLs. Reveals no plaintext.';

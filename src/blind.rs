@@ -6,6 +6,7 @@ use dscsa_core::envelope::FieldKind;
 use dscsa_core::Error;
 use pgrx::prelude::*;
 
+use crate::audit::{self, Op};
 use crate::error::{raise, OrRaise};
 use crate::keys;
 
@@ -22,8 +23,12 @@ pub(crate) fn parse_kind(name: &str) -> FieldKind {
 /// rotation); shared by the SQL function and the row triggers.
 pub(crate) fn active_blind_index(key_name: &str, kind: FieldKind, value: &str) -> Vec<u8> {
     crate::keyring::sync_with_keyring();
-    keys::with_active_blind_key(key_name.as_bytes(), |id, key| key.compute(id, kind, value))
-        .or_raise()
+    let (id, index) = keys::with_active_blind_key(key_name.as_bytes(), |id, key| {
+        (id, key.compute(id, kind, value))
+    })
+    .or_raise();
+    audit::note(Op::BlindIndex, id, kind, b"");
+    index
 }
 
 /// Blind index of `value` under the active version of `key_name`.
@@ -41,6 +46,7 @@ fn blind_index_candidates(value: &str, key_name: &str, kind_name: &str) -> Vec<V
     crate::keyring::sync_with_keyring();
     let mut out = Vec::new();
     keys::for_each_blind_key(key_name.as_bytes(), |id, key| {
+        audit::note(Op::BlindIndex, id, kind, b"");
         out.push(key.compute(id, kind, value))
     })
     .or_raise();

@@ -11,6 +11,7 @@ use dscsa_core::{Error, Result};
 use pgrx::pg_sys;
 use zeroize::Zeroizing;
 
+use crate::audit::{self, Op};
 use crate::error::{raise, OrRaise};
 use crate::fmgr::{arg_bytes, new_varlena, optional_arg_bytes, pg_v1_function, return_null};
 use crate::keys::OpenFor;
@@ -19,6 +20,7 @@ use crate::{guc, keyring, keys};
 /// Seals `plaintext` under the active version of data key `key_name` into a new
 /// varlena (the envelope), following a rotation made by another session first.
 pub(crate) fn seal_varlena(
+    op: Op,
     key_name: &[u8],
     kind: FieldKind,
     context: &[u8],
@@ -29,10 +31,11 @@ pub(crate) fn seal_varlena(
     check_context(context)?;
     let nonce = keys::next_nonce()?;
     let (ptr, out) = new_varlena(envelope_len(plaintext.len()));
-    keys::with_active_key(key_name, |key_id, key| {
-        seal_into(key, key_id, kind, context, nonce, plaintext, out)
+    let key_id = keys::with_active_key(key_name, |key_id, key| {
+        seal_into(key, key_id, kind, context, nonce, plaintext, out).map(|()| key_id)
     })??;
     keys::record_seal(&nonce);
+    audit::note(op, key_id, kind, context);
     Ok(pg_sys::Datum::from(ptr))
 }
 
@@ -59,12 +62,30 @@ fn explain_missing_key(e: Error) -> Error {
     }
 }
 
+/// Errors that mean a value was modified (or does not belong where it is): recorded in
+/// the audit trail one by one, and alerted on.
+pub(crate) fn is_tampering(err: &Error) -> bool {
+    matches!(err, Error::AuthenticationFailed | Error::KeyNotInKeyring(_))
+}
+
+/// Records a failed authentication of `envelope` (its header names key and kind).
+pub(crate) fn record_tampering(op: Op, envelope: &[u8], context: &[u8], err: &Error) {
+    if !is_tampering(err) {
+        return;
+    }
+    let (key_id, kind) = match Envelope::parse(envelope) {
+        Ok(env) => (env.key_id, Some(env.kind)),
+        Err(_) => (0, None),
+    };
+    audit::tamper(op, key_id, kind, context, None);
+}
+
 /// # Safety
 /// Called only from the V1 functions below, whose SQL declarations are STRICT.
 unsafe fn encrypt(fcinfo: pg_sys::FunctionCallInfo, kind: FieldKind) -> pg_sys::Datum {
     let plaintext = arg_bytes(fcinfo, 0);
     let context = optional_arg_bytes(fcinfo, 1);
-    seal_varlena(guc::key_name(), kind, context, plaintext).or_raise()
+    seal_varlena(Op::Encrypt, guc::key_name(), kind, context, plaintext).or_raise()
 }
 
 thread_local! {
@@ -88,6 +109,7 @@ pub(crate) fn valid_in_database_encoding(bytes: &[u8]) -> bool {
 }
 
 fn decrypt_to_text(
+    op: Op,
     envelope: &[u8],
     context: &[u8],
     expect: Option<FieldKind>,
@@ -111,6 +133,11 @@ fn decrypt_to_text(
     if !valid_in_database_encoding(out) {
         zeroize::Zeroize::zeroize(out);
         return Err(Error::InvalidTextEncoding);
+    }
+    // Recorded before the plaintext leaves; refused if the trail cannot take it.
+    if let Err(e) = audit::note_disclosure(op, env.key_id, env.kind, context) {
+        zeroize::Zeroize::zeroize(out);
+        return Err(e);
     }
     Ok(pg_sys::Datum::from(ptr))
 }
@@ -140,10 +167,21 @@ unsafe fn decrypt(
 ) -> pg_sys::Datum {
     let envelope = arg_bytes(fcinfo, 0);
     let context = optional_arg_bytes(fcinfo, 1);
-    match decrypt_to_text(envelope, context, expect) {
+    let op = if null_on_bad_value {
+        Op::TryDecrypt
+    } else {
+        Op::Decrypt
+    };
+    match decrypt_to_text(op, envelope, context, expect) {
         Ok(datum) => datum,
-        Err(e) if null_on_bad_value && is_bad_value(&e) => return_null(fcinfo),
-        Err(e) => raise(e),
+        Err(e) => {
+            record_tampering(op, envelope, context, &e);
+            if null_on_bad_value && is_bad_value(&e) {
+                return_null(fcinfo)
+            } else {
+                raise(e)
+            }
+        }
     }
 }
 

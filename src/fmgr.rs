@@ -21,13 +21,21 @@ macro_rules! pg_v1_function {
         }
 
         $(#[$doc])*
-        #[pgrx::pg_guard]
         #[unsafe(no_mangle)]
         pub unsafe extern "C-unwind" fn $name(fcinfo: pgrx::pg_sys::FunctionCallInfo) -> pgrx::pg_sys::Datum {
-            let handler: unsafe fn(pgrx::pg_sys::FunctionCallInfo) -> pgrx::pg_sys::Datum = $handler;
-            // SAFETY: PostgreSQL calls V1 functions with a valid fcinfo whose arguments
-            // match the SQL declaration, which is what every handler requires.
-            unsafe { handler(fcinfo) }
+            // The body runs guarded by pgrx. An error carrying one of pg_dscsa's own
+            // SQLSTATEs (which pgrx cannot report) comes back as a pending value and is
+            // reported from this frame, which holds nothing to drop (src/error.rs).
+            #[pgrx::pg_guard]
+            unsafe extern "C-unwind" fn guarded(fcinfo: pgrx::pg_sys::FunctionCallInfo) -> pgrx::pg_sys::Datum {
+                let handler: unsafe fn(pgrx::pg_sys::FunctionCallInfo) -> pgrx::pg_sys::Datum = $handler;
+                // SAFETY: PostgreSQL calls V1 functions with a valid fcinfo whose arguments
+                // match the SQL declaration, which is what every handler requires.
+                $crate::error::with_custom_sqlstates(|| unsafe { handler(fcinfo) })
+            }
+            let datum = unsafe { guarded(fcinfo) };
+            $crate::error::report_pending_custom();
+            datum
         }
     };
 }

@@ -4,19 +4,305 @@
 //!   development hook with a KEK file in the data directory.
 //! - `dscsa.kms_timeout` (superuser only): milliseconds before a hook is killed.
 //! - `dscsa.key_name` (any user): the key `dscsa_encrypt` uses.
+//! - the audit trail's settings `dscsa.audit*` and `dscsa.alert_*` (docs/AUDIT.md,
+//!   "Settings"): superuser or server-wide only; every change of a session-settable one
+//!   is itself recorded in the trail (src/audit/mod.rs, `setting_changed`).
 
-use std::ffi::{c_char, CStr, CString};
+use std::ffi::{c_char, c_void, CStr, CString};
 
-use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 
 pub static KMS_COMMAND: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static KMS_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+
+/// When the record of a decrypting statement is durable (docs/AUDIT.md, "Durability").
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Durability {
+    /// The statement's "opened" record is committed to the trail before its first
+    /// plaintext leaves the server.
+    #[name = c"sync"]
+    Sync,
+    /// Records reach the trail within dscsa.audit_flush_interval.
+    #[name = c"async"]
+    Async,
+}
+
+pub static AUDIT: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static AUDIT_DURABILITY: GucSetting<Durability> =
+    GucSetting::<Durability>::new(Durability::Async);
+pub static AUDIT_STATEMENT_TEXT: GucSetting<bool> = GucSetting::<bool>::new(false);
+pub static AUDIT_SYNC_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(5_000);
+pub static AUDIT_DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static AUDIT_QUEUE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(8_192);
+pub static KEY_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(256);
+pub static KEY_CACHE_TTL_S: GucSetting<i32> = GucSetting::<i32>::new(300);
+pub static KEY_CACHE_MAX_TTL_S: GucSetting<i32> = GucSetting::<i32>::new(3600);
+pub static KMS_BREAKER_FAILURES: GucSetting<i32> = GucSetting::<i32>::new(5);
+pub static KMS_BREAKER_WINDOW_S: GucSetting<i32> = GucSetting::<i32>::new(60);
+pub static KMS_BREAKER_COOLDOWN_S: GucSetting<i32> = GucSetting::<i32>::new(30);
+pub static AUDIT_FLUSH_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(200);
+pub static AUDIT_ANCHOR_RECORDS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+pub static AUDIT_ANCHOR_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(60);
+pub static AUDIT_FORWARD_TO: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static AUDIT_ORIGIN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static ALERT_COMMAND: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static ALERT_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(60);
+
+/// Check hooks of the session-settable audit settings: they accept every value the GUC
+/// machinery validated and record the change (which only a superuser can make).
+macro_rules! recording_check_hook {
+    ($name:ident, $setting:literal, $t:ty, $show:expr) => {
+        #[pgrx::pg_guard]
+        unsafe extern "C-unwind" fn $name(
+            newval: *mut $t,
+            _extra: *mut *mut c_void,
+            source: pg_sys::GucSource::Type,
+        ) -> bool {
+            let value = *newval;
+            crate::audit::setting_changed($setting, source, || ($show)(value));
+            true
+        }
+    };
+}
+
+/// A boolean as SHOW spells it.
+pub fn on_off(v: bool) -> String {
+    if v { "on" } else { "off" }.to_string()
+}
+
+recording_check_hook!(check_audit, "dscsa.audit", bool, on_off);
+recording_check_hook!(
+    check_audit_statement_text,
+    "dscsa.audit_statement_text",
+    bool,
+    on_off
+);
+recording_check_hook!(
+    check_audit_sync_timeout,
+    "dscsa.audit_sync_timeout",
+    i32,
+    |v: i32| v.to_string()
+);
+recording_check_hook!(
+    check_audit_durability,
+    "dscsa.audit_durability",
+    i32,
+    |v: i32| {
+        if v == Durability::Sync as i32 {
+            "sync".to_string()
+        } else {
+            "async".to_string()
+        }
+    }
+);
+
+fn define_audit_gucs() {
+    // SAFETY: the hooks are #[pg_guard]ed and only read their arguments.
+    unsafe {
+        GucRegistry::define_bool_guc_with_hooks(
+            c"dscsa.audit",
+            c"Records every cryptographic operation in the audit trail; off only by a superuser.",
+            c"With on (the default), decryption refuses (SQLSTATE SA001) when the trail cannot take its record. Every change is itself recorded. See docs/AUDIT.md.",
+            &AUDIT,
+            GucContext::Suset,
+            GucFlags::default(),
+            Some(check_audit),
+            None,
+            None,
+        );
+        GucRegistry::define_enum_guc_with_hooks(
+            c"dscsa.audit_durability",
+            c"sync: a decrypting statement's record is committed before its first plaintext leaves; async: within dscsa.audit_flush_interval.",
+            c"",
+            &AUDIT_DURABILITY,
+            GucContext::Suset,
+            GucFlags::default(),
+            Some(check_audit_durability),
+            None,
+            None,
+        );
+        GucRegistry::define_bool_guc_with_hooks(
+            c"dscsa.audit_statement_text",
+            c"Records the text of audited statements (it can contain plaintext literals).",
+            c"",
+            &AUDIT_STATEMENT_TEXT,
+            GucContext::Suset,
+            GucFlags::default(),
+            Some(check_audit_statement_text),
+            None,
+            None,
+        );
+        GucRegistry::define_int_guc_with_hooks(
+            c"dscsa.audit_sync_timeout",
+            c"Milliseconds a decrypting statement waits for its record in sync durability before refusing.",
+            c"",
+            &AUDIT_SYNC_TIMEOUT_MS,
+            10,
+            600_000,
+            GucContext::Suset,
+            GucFlags::UNIT_MS,
+            Some(check_audit_sync_timeout),
+            None,
+            None,
+        );
+    }
+    // Settings that take effect at server start exist only when pg_dscsa is preloaded:
+    // PostgreSQL refuses to define them later (a session that loads the library on
+    // demand has no audit worker or queue to configure anyway).
+    // SAFETY: reads a postmaster global.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        GucRegistry::define_string_guc(
+            c"dscsa.audit_database",
+            c"The database whose dscsa.audit_log holds the cluster's audit trail.",
+            c"pg_dscsa must be installed there; the background worker connects to it.",
+            &AUDIT_DATABASE,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+        GucRegistry::define_int_guc(
+            c"dscsa.audit_queue_size",
+            c"Audit events the shared-memory queue holds (4 kB each) before decryption is refused.",
+            c"",
+            &AUDIT_QUEUE_SIZE,
+            64,
+            1_048_576,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+        GucRegistry::define_int_guc(
+            c"dscsa.key_cache_size",
+            c"Unwrapped keys the cluster's key cache holds (0: no shared cache).",
+            c"Sessions reuse keys unwrapped by others instead of running the KMS hook; privileges are still checked per session.",
+            &KEY_CACHE_SIZE,
+            0,
+            65_536,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+        GucRegistry::define_string_guc(
+            c"dscsa.audit_origin",
+            c"Name of this server in the audit trail (empty: primary, or cluster_name on a standby).",
+            c"",
+            &AUDIT_ORIGIN,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+    }
+    GucRegistry::define_int_guc(
+        c"dscsa.key_cache_ttl",
+        c"Seconds after which a cached key is unwrapped again on its next use (soft TTL).",
+        c"If the KMS cannot be reached then, the cached key goes on serving until dscsa.key_cache_max_ttl.",
+        &KEY_CACHE_TTL_S,
+        0,
+        31_536_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"dscsa.key_cache_max_ttl",
+        c"Seconds an unwrapped key may be used without the KMS confirming it (hard TTL; 0: no cache, no limit).",
+        c"Applies to the shared cache and to keys loaded in sessions: past it, a key must be unwrapped again.",
+        &KEY_CACHE_MAX_TTL_S,
+        0,
+        31_536_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"dscsa.kms_breaker_failures",
+        c"Consecutive KMS failures (unreachable, timed out, throttled) within the window that open the circuit breaker.",
+        c"",
+        &KMS_BREAKER_FAILURES,
+        1,
+        1000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"dscsa.kms_breaker_window",
+        c"Seconds within which consecutive KMS failures are counted.",
+        c"",
+        &KMS_BREAKER_WINDOW_S,
+        1,
+        86_400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"dscsa.kms_breaker_cooldown",
+        c"Seconds an open circuit breaker refuses KMS calls before one caller probes the KMS again.",
+        c"",
+        &KMS_BREAKER_COOLDOWN_S,
+        1,
+        86_400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"dscsa.audit_flush_interval",
+        c"Milliseconds between the audit worker's writes when nothing wakes it sooner.",
+        c"",
+        &AUDIT_FLUSH_INTERVAL_MS,
+        10,
+        60_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"dscsa.audit_anchor_records",
+        c"An anchor (sequence number, chain head, counters) every this many records.",
+        c"",
+        &AUDIT_ANCHOR_RECORDS,
+        1,
+        100_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"dscsa.audit_anchor_interval",
+        c"An anchor at least every this many seconds while records are written.",
+        c"",
+        &AUDIT_ANCHOR_INTERVAL_S,
+        1,
+        86_400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_string_guc(
+        c"dscsa.audit_forward_to",
+        c"On a hot standby: connection string of the primary that receives this server's audit records.",
+        c"The role it names needs dscsa_audit_forwarder on the primary. Superuser only: it may hold a password.",
+        &AUDIT_FORWARD_TO,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_string_guc(
+        c"dscsa.alert_command",
+        c"Command the audit worker runs (JSON on stdin) when a tampered value is detected.",
+        c"Run by the worker, never by the failing backend, at most once per burst of failures (dscsa.alert_interval).",
+        &ALERT_COMMAND,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_int_guc(
+        c"dscsa.alert_interval",
+        c"Seconds without a tamper detection that end a burst (one alert per burst).",
+        c"",
+        &ALERT_INTERVAL_S,
+        1,
+        86_400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+}
 
 /// `dscsa.key_name` is read on every encryption, so it is a plain C string owned by the
 /// GUC machinery rather than a pgrx `GucSetting` (whose `get()` allocates a copy).
 static mut KEY_NAME: *mut c_char = std::ptr::null_mut();
 
 pub fn init() {
+    define_audit_gucs();
     GucRegistry::define_string_guc(
         c"dscsa.kms_command",
         c"Command that wraps and unwraps pg_dscsa data keys (the KMS hook).",

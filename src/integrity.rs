@@ -5,7 +5,8 @@ use dscsa_core::import::open_foreign;
 use dscsa_core::Error;
 use pgrx::pg_sys;
 
-use crate::crypto::{is_bad_value, open_transient, seal_varlena};
+use crate::audit::{self, Op};
+use crate::crypto::{is_bad_value, is_tampering, open_transient, seal_varlena};
 use crate::error::{raise, OrRaise};
 use crate::fmgr::{arg_bytes, optional_arg_bytes, pg_v1_function};
 use crate::keys::OpenFor;
@@ -16,19 +17,54 @@ use crate::{guc, keys};
 // key id no keyring entry has), 'malformed' when it is not an envelope. A key version
 // that exists but is not loaded is an error, not a failure: an audit must not report
 // "tampered" because of a configuration mistake. Never returns plaintext.
-unsafe fn dscsa_authenticate_impl(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+/// The verdict on one value; a failure is recorded as a tamper detection, with
+/// `location` (table, column, primary key) when the caller knows it.
+unsafe fn authenticate(fcinfo: pg_sys::FunctionCallInfo, location: Option<&str>) -> pg_sys::Datum {
     let envelope = arg_bytes(fcinfo, 0);
     let context = optional_arg_bytes(fcinfo, 1);
     let verdict = match open_transient(envelope, context, OpenFor::Decrypt) {
-        Ok(_) => "ok",
+        Ok(_) => {
+            if let Ok(env) = dscsa_core::envelope::Envelope::parse(envelope) {
+                audit::note_disclosure(Op::Authenticate, env.key_id, env.kind, context).or_raise();
+            }
+            "ok"
+        }
         Err(
             Error::MalformedEnvelope(_) | Error::UnsupportedVersion(_) | Error::UnknownFieldKind(_),
         ) => "malformed",
-        Err(e) if is_bad_value(&e) => "failed",
+        Err(e) if is_bad_value(&e) => {
+            if is_tampering(&e) {
+                let (key_id, kind) = match dscsa_core::envelope::Envelope::parse(envelope) {
+                    Ok(env) => (env.key_id, Some(env.kind)),
+                    Err(_) => (0, None),
+                };
+                audit::tamper(Op::Authenticate, key_id, kind, context, location);
+            }
+            "failed"
+        }
         Err(e) => raise(e),
     };
     pgrx::IntoDatum::into_datum(verdict).unwrap_or(pg_sys::Datum::from(0))
 }
+
+unsafe fn dscsa_authenticate_impl(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    authenticate(fcinfo, None)
+}
+
+// `dscsa._authenticate_at(value, context, location jsonb)`: as authenticate, for reports
+// that know where the value is.
+unsafe fn dscsa_authenticate_at_impl(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    let location: Option<pgrx::JsonB> =
+        pgrx::FromDatum::from_datum(pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, 2), false);
+    let location = location.map(|j| dscsa_core::audit::record::canonical_json(&j.0));
+    authenticate(fcinfo, location.as_deref())
+}
+
+pg_v1_function!(
+    fn dscsa_authenticate_at,
+    pg_finfo_dscsa_authenticate_at,
+    dscsa_authenticate_at_impl
+);
 
 pg_v1_function!(fn dscsa_authenticate, pg_finfo_dscsa_authenticate, dscsa_authenticate_impl);
 
@@ -64,7 +100,7 @@ unsafe fn dscsa_import_json_impl(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Da
     if !crate::crypto::valid_in_database_encoding(&plaintext) {
         raise(Error::InvalidTextEncoding);
     }
-    seal_varlena(guc::key_name(), kind, context, &plaintext).or_raise()
+    seal_varlena(Op::Import, guc::key_name(), kind, context, &plaintext).or_raise()
 }
 
 pg_v1_function!(fn dscsa_import_json, pg_finfo_dscsa_import_json, dscsa_import_json_impl);

@@ -12,6 +12,7 @@ use dscsa_core::blind::BlindIndexKey;
 use dscsa_core::cipher::DataKey;
 use dscsa_core::keycheck::key_check_value;
 use dscsa_core::kms::Operation;
+use dscsa_core::locked::Locked;
 use dscsa_core::Error;
 use pgrx::prelude::*;
 use zeroize::Zeroizing;
@@ -19,7 +20,7 @@ use zeroize::Zeroizing;
 use crate::authz::{self, Routine};
 use crate::error::{raise, OrRaise};
 use crate::keys::{self, KeyMaterial, LoadedBy, Scope, SessionKey};
-use crate::{kms, owner, rotation};
+use crate::{audit, keycache, kms, owner, rotation};
 
 struct KeyringRow {
     key_id: u32,
@@ -51,6 +52,7 @@ fn keyring_rows(key_name: &str) -> Result<Vec<KeyringRow>, Error> {
                         purpose, (to_jsonb(k) ->> 'blind_index_length')::int2
                    FROM dscsa.keyring k
                   WHERE key_name = $1 AND status IN ('active', 'decrypt_only')
+                    AND purpose <> 'audit'  -- the audit key is the worker's alone
                   ORDER BY version",
                 None,
                 &[key_name.into()],
@@ -131,7 +133,7 @@ fn privileges_of(role: pg_sys::Oid, key_name: &str) -> Result<Privileges, Error>
 /// The keyring's active version of key `key_name`.
 fn active_key_id(key_name: &str) -> Result<Option<u32>, Error> {
     let id = owner::as_extension_owner(|| {
-        Spi::get_one_with_args::<i32>(
+        crate::readonly::one::<i32>(
             "SELECT k.key_id FROM dscsa.keyring k WHERE k.key_name = $1 AND k.status = 'active'",
             &[key_name.into()],
         )
@@ -147,7 +149,7 @@ pub fn key_exists(key_id: u32) -> bool {
         return false;
     };
     owner::as_extension_owner(|| {
-        Spi::get_one_with_args::<bool>(
+        crate::readonly::one::<bool>(
             "SELECT EXISTS (SELECT 1 FROM dscsa.keyring k WHERE k.key_id = $1)",
             &[id.into()],
         )
@@ -180,25 +182,39 @@ pub(crate) fn unwrap_raw(
     Ok(response.data)
 }
 
-fn unwrap_row(key_name: &str, row: &KeyringRow) -> Result<KeyMaterial, Error> {
-    let raw = unwrap_raw(
-        key_name,
-        row.key_id,
-        row.version,
-        &row.kek_ref,
-        &row.wrapped_key,
-        &row.key_check,
+/// A keyring row's key, from the cluster's key cache or through the hook
+/// (src/keycache.rs), with when it expires (its hard TTL; None without one).
+fn unwrap_row(key_name: &str, row: &KeyringRow) -> Result<(KeyMaterial, Option<i64>), Error> {
+    let cached = keycache::get_or_unwrap(
+        &keycache::Row {
+            key_id: row.key_id,
+            version: row.version,
+            name: key_name,
+            check: &row.key_check,
+        },
+        || {
+            unwrap_raw(
+                key_name,
+                row.key_id,
+                row.version,
+                &row.kek_ref,
+                &row.wrapped_key,
+                &row.key_check,
+            )
+        },
     )?;
-    match row.purpose.as_str() {
+    let raw = &cached.raw;
+    let hard = keycache::hard_ttl_us();
+    let expires = (hard > 0).then(|| cached.unwrapped_at_us + hard);
+    let material = match row.purpose.as_str() {
         "blind_index" => {
             let length = row.blind_index_length.unwrap_or(0).max(0) as usize;
-            Ok(KeyMaterial::BlindIndex(BlindIndexKey::from_bytes(
-                &raw, length,
-            )?))
+            KeyMaterial::BlindIndex(Locked::new(BlindIndexKey::from_bytes(raw, length)?))
         }
-        "import" => Ok(KeyMaterial::Import(DataKey::from_bytes(&raw)?)),
-        _ => Ok(KeyMaterial::Data(DataKey::from_bytes(&raw)?)),
-    }
+        "import" => KeyMaterial::Import(Locked::new(DataKey::from_bytes(raw)?)),
+        _ => KeyMaterial::Data(Locked::new(DataKey::from_bytes(raw)?)),
+    };
+    Ok((material, expires))
 }
 
 /// Unwraps every usable version of `key_name` not yet in this session, for `role`. All or
@@ -206,6 +222,48 @@ fn unwrap_row(key_name: &str, row: &KeyringRow) -> Result<KeyMaterial, Error> {
 /// the error. A role with no grant on the key is refused before the hook runs, with the
 /// same message whether or not the key exists.
 fn load(key_name: &str, scope: Scope, explicit: bool, role: pg_sys::Oid) -> Result<i32, Error> {
+    let result = load_versions(key_name, scope, explicit, role);
+    let detail = |extra: (&str, serde_json::Value)| {
+        let mut d = serde_json::json!({ "scope": scope.name(), "explicit": explicit });
+        d[extra.0] = extra.1;
+        d
+    };
+    match &result {
+        Ok(loaded) if !loaded.is_empty() => audit::key_event_now(
+            "load_key",
+            key_name,
+            "ok",
+            detail(("versions", serde_json::json!(loaded))),
+        ),
+        Ok(_) => {}
+        Err(e) => audit::key_event_now(
+            "load_key",
+            key_name,
+            "failed",
+            detail(("failure", serde_json::json!(failure_class(e)))),
+        ),
+    }
+    result.map(|_| keys::versions_loaded(key_name))
+}
+
+/// The class of a failed load, for its audit record (never key bytes or values).
+fn failure_class(e: &Error) -> String {
+    match e {
+        Error::Kms(m) => format!("kms: {m}"),
+        Error::KeyCheckFailed(_) => "kms: wrong key (key check value)".into(),
+        Error::PermissionDenied(_) => "not granted".into(),
+        Error::UnknownKey(_) => "unknown key".into(),
+        other => other.sqlstate().code().to_string(),
+    }
+}
+
+/// Unwraps what `load` needs; returns the versions it unwrapped.
+fn load_versions(
+    key_name: &str,
+    scope: Scope,
+    explicit: bool,
+    role: pg_sys::Oid,
+) -> Result<Vec<i32>, Error> {
     let privileges = privileges_of(role, key_name)?;
     if privileges.is_empty() {
         return Err(Error::PermissionDenied(format!(
@@ -231,8 +289,9 @@ fn load(key_name: &str, scope: Scope, explicit: bool, role: pg_sys::Oid) -> Resu
             keys::refresh(row.key_id, row.active, &by);
             continue;
         }
-        let key = unwrap_row(key_name, row)?;
+        let (key, expires_at_us) = unwrap_row(key_name, row)?;
         fresh.push(SessionKey {
+            expires_at_us,
             key_id: row.key_id,
             name: key_name.to_string(),
             version: row.version,
@@ -245,8 +304,9 @@ fn load(key_name: &str, scope: Scope, explicit: bool, role: pg_sys::Oid) -> Resu
         });
     }
     let active = rows.iter().find(|r| r.active).map(|r| r.key_id);
+    let unwrapped = fresh.iter().map(|k| k.version).collect();
     keys::insert_all(key_name, fresh, active);
-    Ok(rows.len() as i32)
+    Ok(unwrapped)
 }
 
 /// Loads `name` for the current role if no version of it is usable by that role yet:
@@ -267,6 +327,9 @@ pub fn ensure_loaded(name: &str) {
 /// stops encrypting; revoked grants take effect. Skipped while a parallel plan runs (no
 /// SPI is allowed then); the next statement of the session outside one catches up.
 pub fn sync_with_keyring() {
+    if keys::expiry_due() {
+        refresh_expired_keys();
+    }
     let Some(generation) = rotation::stale() else {
         return;
     };
@@ -305,13 +368,55 @@ pub fn sync_with_keyring() {
     rotation::synced(generation);
 }
 
+/// Keys past their hard TTL (dscsa.key_cache_max_ttl) are unwrapped again, from the
+/// cluster's cache if another session refreshed them, else through the hook, for the
+/// role that loaded them (whose grants are checked again). If that fails (KMS down),
+/// they stay as they are and their use fails with SQLSTATE SK002; the next statement
+/// tries again (at most once a second).
+fn refresh_expired_keys() {
+    // SAFETY: IsInParallelMode only reads backend-local transaction state.
+    if unsafe { pg_sys::IsInParallelMode() } {
+        return;
+    }
+    for (name, scope, explicit, loader) in keys::expired() {
+        let taken = keys::take_expired(&name);
+        match load(&name, scope, explicit, pg_sys::Oid::from(loader)) {
+            Ok(_) => keys::refresh_succeeded(),
+            Err(e) => {
+                keys::refresh_failed(e.to_string());
+                keys::restore(taken);
+            }
+        }
+    }
+}
+
 /// `dscsa.load_key(key_name, scope)`: runs with the caller's rights; the key is bound to
 /// the caller (current_user) and carries the caller's per-key privileges.
-#[pg_extern(sql = false)]
-fn load_key_for_caller(key_name: &str, scope: &str) -> i32 {
-    let scope = Scope::parse(scope).or_raise();
-    load(key_name, scope, true, owner::current_user()).or_raise()
+/// A text argument of a STRICT function, as UTF-8.
+///
+/// # Safety
+/// Argument `n` must exist, be non-NULL and be text.
+unsafe fn text_arg<'a>(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> &'a str {
+    std::str::from_utf8(crate::fmgr::arg_bytes(fcinfo, n))
+        .unwrap_or_else(|_| raise(Error::InvalidArgument("argument is not valid UTF-8".into())))
 }
+
+/// `dscsa.load_key(key_name, scope)` (STRICT): a V1 function of its own, so that a KMS
+/// taken to be down reaches the caller as SQLSTATE SK001 (src/error.rs).
+///
+/// # Safety
+/// Called only through the V1 wrapper below, with two non-NULL text arguments.
+unsafe fn load_key_for_caller(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    let key_name = text_arg(fcinfo, 0);
+    let scope = Scope::parse(text_arg(fcinfo, 1)).or_raise();
+    pg_sys::Datum::from(load(key_name, scope, true, owner::current_user()).or_raise())
+}
+
+crate::fmgr::pg_v1_function!(
+    fn load_key_for_caller_wrapper,
+    pg_finfo_load_key_for_caller_wrapper,
+    load_key_for_caller
+);
 
 /// The 0.1.0/0.2.0 entry point, declared SECURITY DEFINER by those versions' scripts: in
 /// a database whose ALTER EXTENSION UPDATE has not run yet, the key is bound to the role
@@ -326,12 +431,27 @@ fn load_key(key_name: &str, scope: &str) -> i32 {
 
 #[pg_extern(sql = false)]
 fn unload_key(key_name: &str) -> i32 {
-    keys::remove_where(|k| k.name == key_name) as i32
+    // The cluster's cached copy goes too: the next load asks the KMS.
+    keycache::forget_key(key_name);
+    let n = keys::remove_where(|k| k.name == key_name);
+    if n > 0 {
+        audit::key_event_now(
+            "unload_key",
+            key_name,
+            "ok",
+            serde_json::json!({ "versions": n }),
+        );
+    }
+    n as i32
 }
 
 #[pg_extern(sql = false)]
 fn unload_all_keys() -> i32 {
-    keys::remove_where(|_| true) as i32
+    let n = keys::remove_where(|_| true);
+    if n > 0 {
+        audit::key_event_now("unload_all", "", "ok", serde_json::json!({ "versions": n }));
+    }
+    n as i32
 }
 
 /// The 0.1.0/0.2.0 form of loaded_keys (five columns).

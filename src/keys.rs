@@ -15,11 +15,13 @@ use dscsa_core::access::{KeyPrivilege, Privileges};
 use dscsa_core::blind::BlindIndexKey;
 use dscsa_core::cipher::DataKey;
 use dscsa_core::envelope::NONCE_LEN;
+use dscsa_core::locked::Locked;
 use dscsa_core::nonce::NonceSource;
 use dscsa_core::provenance::{self, SealLog};
 use dscsa_core::{Error, Result};
 use pgrx::pg_sys;
 
+use crate::error::OrRaise;
 use crate::owner;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,18 +50,22 @@ impl Scope {
 }
 
 /// What a key version is for (the keyring's `purpose`). Each kind zeroizes its key
-/// material on drop.
+/// material on drop, and lives on pages locked in RAM and left out of core dumps
+/// (dscsa_core::locked) where the operating system allows it.
 pub enum KeyMaterial {
     /// Encrypts and decrypts envelopes.
-    Data(DataKey),
+    Data(Locked<DataKey>),
     /// Computes blind indexes; never encrypts.
-    BlindIndex(BlindIndexKey),
+    BlindIndex(Locked<BlindIndexKey>),
     /// Another application's AES-GCM key, only ever used to open its values for import.
-    Import(DataKey),
+    Import(Locked<DataKey>),
 }
 
 /// One unwrapped key version.
 pub struct SessionKey {
+    /// When the KMS last confirmed it plus the hard TTL (dscsa.key_cache_max_ttl): past
+    /// this, it is unwrapped again before use (src/keycache.rs). None: no limit.
+    pub expires_at_us: Option<i64>,
     pub key_id: u32,
     pub name: String,
     pub version: i32,
@@ -89,6 +95,18 @@ impl SessionKey {
     }
 
     fn check_role(&self) -> Result<()> {
+        if let Some(expires) = self.expires_at_us {
+            let now = statement_start_us();
+            if now >= expires {
+                return Err(Error::KeyExpired {
+                    name: self.name.clone(),
+                    version: self.version,
+                    expired_s: (now - expires) / 1_000_000,
+                    reason: last_refresh_failure()
+                        .unwrap_or_else(|| "the KMS could not be reached".into()),
+                });
+            }
+        }
         let me = owner::current_user();
         if owner::has_privs_of(me, pg_sys::Oid::from(self.loaded_by)) {
             Ok(())
@@ -444,6 +462,21 @@ pub struct KeyInfo {
     pub privileges: Privileges,
 }
 
+/// How many versions of `name` this session holds.
+pub fn versions_loaded(name: &str) -> i32 {
+    KEYS.with(|keys| keys.borrow().iter().filter(|k| k.name == name).count() as i32)
+}
+
+/// Name and version of a loaded key id (for audit records).
+pub fn describe(key_id: u32) -> Option<(String, i32)> {
+    KEYS.with(|keys| {
+        keys.borrow()
+            .iter()
+            .find(|k| k.key_id == key_id)
+            .map(|k| (k.name.clone(), k.version))
+    })
+}
+
 pub fn snapshot() -> Vec<KeyInfo> {
     KEYS.with(|keys| {
         keys.borrow()
@@ -467,26 +500,58 @@ unsafe extern "C-unwind" fn on_xact_event(
     _arg: *mut std::ffi::c_void,
 ) {
     use pg_sys::XactEvent::*;
-    if matches!(
-        event,
-        XACT_EVENT_COMMIT
-            | XACT_EVENT_ABORT
-            | XACT_EVENT_PREPARE
-            | XACT_EVENT_PARALLEL_COMMIT
-            | XACT_EVENT_PARALLEL_ABORT
-    ) {
-        remove_where(|k| k.scope == Scope::Transaction);
-        SEALED.with(|s| {
-            if let Some(log) = s.borrow_mut().as_mut() {
-                log.clear();
+    match event {
+        XACT_EVENT_PRE_COMMIT => {
+            // Still inside the transaction: a procedure's batch committed; its audited
+            // operations so far are queued. Key changes that cannot be recorded are
+            // refused here, which aborts the transaction.
+            if crate::hooks::nesting() > 0 {
+                crate::audit::flush(crate::audit::Ending::Committed);
             }
-        });
+            crate::audit::check_before_commit().or_raise();
+        }
+        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PREPARE => {
+            crate::audit::transaction_ended(true);
+            end_of_transaction();
+        }
+        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
+            crate::audit::flush(crate::audit::Ending::Failed);
+            crate::audit::transaction_ended(false);
+            crate::hooks::reset_nesting();
+            end_of_transaction();
+        }
+        _ => {}
     }
+}
+
+/// Transaction-scoped keys and the transaction's seal log go.
+fn end_of_transaction() {
+    let dropped: Vec<(String, i32)> = KEYS.with(|keys| {
+        keys.borrow()
+            .iter()
+            .filter(|k| k.scope == Scope::Transaction)
+            .map(|k| (k.name.clone(), k.version))
+            .collect()
+    });
+    if !dropped.is_empty() {
+        remove_where(|k| k.scope == Scope::Transaction);
+        crate::audit::unloaded_at_transaction_end(&dropped);
+    }
+    SEALED.with(|s| {
+        if let Some(log) = s.borrow_mut().as_mut() {
+            log.clear();
+        }
+    });
 }
 
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn on_backend_exit(_code: i32, _arg: pg_sys::Datum) {
     remove_where(|_| true);
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn before_shmem_exit(_code: i32, _arg: pg_sys::Datum) {
+    crate::audit::backend_exiting();
 }
 
 thread_local! {
@@ -497,11 +562,16 @@ thread_local! {
     static EXIT_CALLBACK_PID: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
-fn ensure_exit_callback() {
+pub fn ensure_exit_callback() {
     let me = pid();
     if EXIT_CALLBACK_PID.with(|p| p.replace(me)) != me {
-        // SAFETY: registers a callback whose function pointer lives as long as the library.
-        unsafe { pg_sys::on_proc_exit(Some(on_backend_exit), pg_sys::Datum::from(0)) };
+        // SAFETY: registers callbacks whose function pointers live as long as the
+        // library. before_shmem_exit runs while shared memory is still attached (the
+        // audit queue), before the transaction is aborted; on_proc_exit at the very end.
+        unsafe {
+            pg_sys::before_shmem_exit(Some(before_shmem_exit), pg_sys::Datum::from(0));
+            pg_sys::on_proc_exit(Some(on_backend_exit), pg_sys::Datum::from(0));
+        }
     }
 }
 
@@ -511,4 +581,92 @@ pub fn init() {
     unsafe {
         pg_sys::RegisterXactCallback(Some(on_xact_event), std::ptr::null_mut());
     }
+}
+
+mod raw {
+    unsafe extern "C" {
+        pub fn GetCurrentStatementStartTimestamp() -> i64;
+    }
+}
+
+/// When the current statement started (PostgreSQL microseconds): key expiry is judged
+/// per statement, without a clock read per operation.
+fn statement_start_us() -> i64 {
+    // SAFETY: reads a backend global; never raises, so called without pgrx's guard.
+    unsafe { raw::GetCurrentStatementStartTimestamp() }
+}
+
+thread_local! {
+    /// Why the last attempt to unwrap expired keys again failed (for their error).
+    static REFRESH_FAILURE: RefCell<Option<(String, i64)>> = const { RefCell::new(None) };
+}
+
+fn last_refresh_failure() -> Option<String> {
+    REFRESH_FAILURE.with(|f| f.borrow().as_ref().map(|(why, _)| why.clone()))
+}
+
+/// Whether a loaded key has expired by the current statement and no refresh was tried
+/// in the last second.
+pub fn expiry_due() -> bool {
+    let now = statement_start_us();
+    let tried_recently = REFRESH_FAILURE.with(|f| {
+        f.borrow()
+            .as_ref()
+            .is_some_and(|(_, at)| now - at < 1_000_000)
+    });
+    !tried_recently
+        && KEYS.with(|keys| {
+            keys.borrow()
+                .iter()
+                .any(|k| k.expires_at_us.is_some_and(|e| now >= e))
+        })
+}
+
+/// The expired keys: name, scope, explicit, loader.
+pub fn expired() -> Vec<(String, Scope, bool, u32)> {
+    let now = statement_start_us();
+    KEYS.with(|keys| {
+        let mut out: Vec<(String, Scope, bool, u32)> = keys
+            .borrow()
+            .iter()
+            .filter(|k| k.expires_at_us.is_some_and(|e| now >= e))
+            .map(|k| (k.name.clone(), k.scope, k.explicit, k.loaded_by))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.dedup_by(|a, b| a.0 == b.0);
+        out
+    })
+}
+
+/// Takes the expired versions of `name` out (to be unwrapped again; put back with
+/// `restore` if that fails, so that their use reports the expiry).
+pub fn take_expired(name: &str) -> Vec<SessionKey> {
+    let now = statement_start_us();
+    KEYS.with(|keys| {
+        let mut keys = keys.borrow_mut();
+        let (expired, kept): (Vec<SessionKey>, Vec<SessionKey>) = std::mem::take(&mut *keys)
+            .into_iter()
+            .partition(|k| k.name == name && k.expires_at_us.is_some_and(|e| now >= e));
+        *keys = kept;
+        expired
+    })
+}
+
+pub fn restore(taken: Vec<SessionKey>) {
+    KEYS.with(|keys| {
+        let mut keys = keys.borrow_mut();
+        for k in taken {
+            if !keys.iter().any(|x| x.key_id == k.key_id) {
+                keys.push(k);
+            }
+        }
+    });
+}
+
+pub fn refresh_failed(why: String) {
+    REFRESH_FAILURE.with(|f| *f.borrow_mut() = Some((why, statement_start_us())));
+}
+
+pub fn refresh_succeeded() {
+    REFRESH_FAILURE.with(|f| *f.borrow_mut() = None);
 }

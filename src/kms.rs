@@ -3,14 +3,14 @@
 
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use dscsa_core::kms::{Operation, Request, Response};
+use dscsa_core::kms::{FailureClass, Operation, Request, Response};
 use dscsa_core::{hook, Error};
 use pgrx::prelude::*;
 use zeroize::Zeroizing;
 
-use crate::guc;
+use crate::{breaker, guc};
 
 static DEV_HOOK_WARNED: AtomicBool = AtomicBool::new(false);
 
@@ -58,6 +58,33 @@ fn command() -> String {
     development_command()
 }
 
+/// A short name for the configured hook, for messages and dscsa.kms_status: the
+/// program's file name (never its arguments, which name configuration files).
+pub fn provider_name(command: &str) -> String {
+    let configured = guc::KMS_COMMAND
+        .get()
+        .map(|c| !c.to_string_lossy().trim().is_empty())
+        .unwrap_or(false);
+    if !configured {
+        return "development hook (pg_dscsa_devkms)".into();
+    }
+    let program = command
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .trim_matches(['\'', '"']);
+    std::path::Path::new(program)
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "KMS hook".into())
+}
+
+/// The configured hook command (for dscsa.kms_status and kms_health: only its name is
+/// shown).
+pub fn configured_command() -> String {
+    command()
+}
+
 /// Runs one hook operation. The request carries key material only for `Wrap`.
 pub fn call(
     operation: Operation,
@@ -77,10 +104,20 @@ pub fn call(
     }
     .encode()?;
     let timeout = Duration::from_millis(guc::KMS_TIMEOUT_MS.get().max(1) as u64);
-    let output = hook::run(&command(), &request, timeout, || {
+    let command = command();
+    let gate = breaker::enter(&command, &provider_name(&command))?;
+    let started = Instant::now();
+    let result = hook::run(&command, &request, timeout, || {
         pgrx::check_for_interrupts!();
-    })?;
-    let response = Response::decode(operation, &output)?;
+    })
+    .and_then(|output| Response::decode(operation, &output));
+    let latency_us = started.elapsed().as_micros() as i64;
+    breaker::leave(
+        gate,
+        result.as_ref().map(|_| ()).map_err(FailureClass::of),
+        latency_us,
+    );
+    let response = result?;
     pgrx::debug1!(
         "pg_dscsa: KMS hook {} succeeded for key \"{}\" version {} (key id {})",
         operation.name(),

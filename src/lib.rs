@@ -8,22 +8,29 @@
 
 use pgrx::prelude::*;
 
+mod audit;
 mod authz;
 mod blind;
+mod breaker;
 mod crypto;
 mod error;
 mod fmgr;
 mod guc;
 mod hooks;
 mod integrity;
+mod keycache;
 mod keyring;
 mod keys;
 mod kms;
+mod kms_status;
 mod owner;
+mod readonly;
 mod registry;
 mod rotation;
+mod shmem;
 mod triggers;
 mod type_io;
+mod worker;
 mod wrapping;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -44,10 +51,12 @@ extension_sql_file!(
     name = "keyring",
     requires = ["tables"]
 );
+extension_sql_file!("../sql/audit.sql", name = "audit", requires = ["keyring"]);
+extension_sql_file!("../sql/kms.sql", name = "kms", requires = ["audit"]);
 extension_sql_file!(
     "../sql/blind_index.sql",
     name = "blind_index",
-    requires = ["keyring"]
+    requires = ["kms"]
 );
 extension_sql_file!(
     "../sql/protect.sql",
@@ -65,6 +74,15 @@ extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::init();
+    // Only when preloaded: the shared segment, the worker, and query ids for the trail.
+    shmem::init();
+    worker::register();
+    // SAFETY: allowed from _PG_init of a preloaded library (compute_query_id = auto).
+    unsafe {
+        if pg_sys::process_shared_preload_libraries_in_progress {
+            pg_sys::EnableQueryId();
+        }
+    }
     keys::init();
     rotation::init();
     hooks::init();
@@ -81,7 +99,10 @@ mod pg_tests;
 pub mod pg_test {
     pub fn setup(_options: Vec<&str>) {}
 
+    /// The in-backend tests test internals on a server that does not preload pg_dscsa,
+    /// so it has no audit trail: auditing is off there (the trail is tested by the
+    /// integration suite against a preloaded server).
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec!["dscsa.kms_timeout = 20000"]
+        vec!["dscsa.kms_timeout = 20000", "dscsa.audit = off"]
     }
 }

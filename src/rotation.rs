@@ -66,6 +66,8 @@ pub fn synced(generation: u64) {
 /// commits, that active key versions or key grants may have changed.
 #[pg_extern(sql = false)]
 fn keyring_changed() {
+    // Cached keys of this database go at once (the cache is refilled through the hook).
+    crate::keycache::forget_database();
     if let Some(oid) = owner::keyring_oid() {
         // SAFETY: the relation exists (just looked up); the invalidation is transactional.
         unsafe { pg_sys::CacheInvalidateRelcacheByRelid(oid) };

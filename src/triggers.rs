@@ -30,6 +30,7 @@ use dscsa_core::Error;
 use pgrx::pg_sys;
 use zeroize::Zeroizing;
 
+use crate::audit::Op;
 use crate::authz::{require_execute, Routine};
 use crate::blind::active_blind_index;
 use crate::crypto::{open_transient, seal_varlena};
@@ -256,8 +257,14 @@ unsafe fn protect_sync_trigger_impl(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys:
         Some(p) => {
             require_execute(Routine::Encrypt(kind)).or_raise();
             ensure_loaded(data_key);
-            let envelope =
-                seal_varlena(data_key.as_bytes(), kind, context.as_bytes(), &p).or_raise();
+            let envelope = seal_varlena(
+                Op::Encrypt,
+                data_key.as_bytes(),
+                kind,
+                context.as_bytes(),
+                &p,
+            )
+            .or_raise();
             values.push((twin_at, Some(envelope)));
             if let Some(a) = bidx_at {
                 values.push((a, Some(blind_index_datum(bidx_key, kind, &p))));
@@ -298,7 +305,10 @@ unsafe fn blind_index_trigger_impl(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::
             nonce: parsed.nonce,
         },
     )
-    .or_raise();
+    .unwrap_or_else(|e| {
+        crate::crypto::record_tampering(Op::BlindIndex, envelope, context.as_bytes(), &e);
+        raise(e)
+    });
     let index = blind_index_datum(bidx_key, parsed.kind, &plaintext);
     t.replace(&[(bidx_at, Some(index))])
 }

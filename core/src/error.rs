@@ -31,6 +31,17 @@ pub enum SqlState {
     TriggerProtocolViolated,
     /// XX000 internal_error: a bug or a broken installation, never user input.
     InternalError,
+    /// 55006 object_in_use: an object is still needed (the audit trail blocks a drop).
+    ObjectInUse,
+    /// SA001 (pg_dscsa's own class SA): the audit trail cannot take a record, so the
+    /// operation that needs one is refused.
+    AuditUnavailable,
+    /// SK001 (class SK, key management): the KMS is taken to be down (the circuit
+    /// breaker is open), so an operation that needs the hook fails at once.
+    KmsUnavailable,
+    /// SK002: a key's time without the KMS ran out (dscsa.key_cache_max_ttl) and it could
+    /// not be unwrapped again.
+    KeyExpired,
 }
 
 impl SqlState {
@@ -49,6 +60,10 @@ impl SqlState {
             SqlState::InsufficientPrivilege => "42501",
             SqlState::TriggerProtocolViolated => "39P01",
             SqlState::InternalError => "XX000",
+            SqlState::ObjectInUse => "55006",
+            SqlState::AuditUnavailable => "SA001",
+            SqlState::KmsUnavailable => "SK001",
+            SqlState::KeyExpired => "SK002",
         }
     }
 }
@@ -106,6 +121,19 @@ pub enum Error {
     TriggerProtocol(String),
     #[error("pg_dscsa internal error: {0}")]
     Internal(String),
+    #[error("{0}")]
+    InUse(String),
+    #[error("the audit trail cannot take a record: {0}")]
+    AuditUnavailable(String),
+    #[error("the KMS ({provider}) is unavailable: {reason}")]
+    KmsUnavailable { provider: String, reason: String },
+    #[error("key \"{name}\" version {version} expired {expired_s} s ago (dscsa.key_cache_max_ttl) and could not be unwrapped again: {reason}")]
+    KeyExpired {
+        name: String,
+        version: i32,
+        expired_s: i64,
+        reason: String,
+    },
 }
 
 impl Error {
@@ -135,6 +163,10 @@ impl Error {
             | Error::PermissionDenied(_) => SqlState::InsufficientPrivilege,
             Error::TriggerProtocol(_) => SqlState::TriggerProtocolViolated,
             Error::Internal(_) => SqlState::InternalError,
+            Error::InUse(_) => SqlState::ObjectInUse,
+            Error::AuditUnavailable(_) => SqlState::AuditUnavailable,
+            Error::KmsUnavailable { .. } => SqlState::KmsUnavailable,
+            Error::KeyExpired { .. } => SqlState::KeyExpired,
         }
     }
 }
@@ -167,6 +199,24 @@ mod tests {
             (Error::PermissionDenied("x".into()), "42501"),
             (Error::TriggerProtocol("x".into()), "39P01"),
             (Error::Internal("x".into()), "XX000"),
+            (Error::InUse("x".into()), "55006"),
+            (Error::AuditUnavailable("x".into()), "SA001"),
+            (
+                Error::KmsUnavailable {
+                    provider: "p".into(),
+                    reason: "r".into(),
+                },
+                "SK001",
+            ),
+            (
+                Error::KeyExpired {
+                    name: "k".into(),
+                    version: 1,
+                    expired_s: 1,
+                    reason: "r".into(),
+                },
+                "SK002",
+            ),
         ];
         for (err, code) in cases {
             assert_eq!(err.sqlstate().code(), code, "{err}");

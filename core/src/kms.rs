@@ -225,8 +225,20 @@ impl<'a> Fields<'a> {
 /// Makes text from a hook safe to put in an error message: first line only, printable
 /// ASCII, at most 200 characters, and any run of 16 or more base64/hex characters (which
 /// could be key material a careless hook printed) replaced by `[redacted]`.
+///
+/// A leading failure class (`invalid_ciphertext: ...`, the form of docs/KMS.md) is kept as
+/// is: it is one of a fixed set of words, and the circuit breaker reads it.
 pub fn sanitize(text: &str) -> String {
     let first = text.lines().next().unwrap_or("");
+    if let Some((head, rest)) = first.split_once(": ") {
+        if FailureClass::ALL.iter().any(|c| c.name() == head) {
+            return format!("{head}: {}", sanitize_line(rest));
+        }
+    }
+    sanitize_line(first)
+}
+
+fn sanitize_line(first: &str) -> String {
     let printable: String = first
         .chars()
         .map(|c| {
@@ -337,8 +349,160 @@ mod tests {
         let s = sanitize(&format!("cannot unwrap key {key_b64} for you\nsecond line"));
         assert!(!s.contains(&key_b64[..16]), "{s}");
         assert!(s.contains("[redacted]"));
+        let classed = sanitize("invalid_ciphertext: key AAAAAAAAAAAAAAAAAAAAAAAA rejected");
+        assert_eq!(classed, "invalid_ciphertext: key [redacted] rejected");
+        // Only a known class is kept; anything else in front is sanitized like the rest.
+        assert_eq!(sanitize("AAAAAAAAAAAAAAAAAAAAAAAA: x"), "[redacted]: x");
         assert!(!s.contains("second line"));
         assert_eq!(sanitize("permission denied"), "permission denied");
         assert!(sanitize(&"x ".repeat(300)).len() <= 204);
+    }
+}
+
+/// What kind of failure a hook call was (docs/KMS.md, "Failure classes"): a hook may
+/// start the first line of its stderr with one of these names and a colon; the runner's
+/// own failures (time limit, signal, no such program) are classified by what happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    Unavailable,
+    Throttled,
+    Timeout,
+    Crashed,
+    Denied,
+    Disabled,
+    InvalidCiphertext,
+    Config,
+    Unsupported,
+    Protocol,
+    /// A hook that does not name a class (older or third-party hooks).
+    Unclassified,
+}
+
+impl FailureClass {
+    pub const ALL: [FailureClass; 11] = [
+        FailureClass::Unavailable,
+        FailureClass::Throttled,
+        FailureClass::Timeout,
+        FailureClass::Crashed,
+        FailureClass::Denied,
+        FailureClass::Disabled,
+        FailureClass::InvalidCiphertext,
+        FailureClass::Config,
+        FailureClass::Unsupported,
+        FailureClass::Protocol,
+        FailureClass::Unclassified,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureClass::Unavailable => "unavailable",
+            FailureClass::Throttled => "throttled",
+            FailureClass::Timeout => "timeout",
+            FailureClass::Crashed => "crashed",
+            FailureClass::Denied => "denied",
+            FailureClass::Disabled => "disabled",
+            FailureClass::InvalidCiphertext => "invalid_ciphertext",
+            FailureClass::Config => "config",
+            FailureClass::Unsupported => "unsupported",
+            FailureClass::Protocol => "protocol",
+            FailureClass::Unclassified => "unclassified",
+        }
+    }
+
+    /// The class of a failed hook call (`Error::Kms` from the runner or the hook).
+    pub fn of(err: &Error) -> FailureClass {
+        let Error::Kms(message) = err else {
+            return FailureClass::Protocol;
+        };
+        if message.contains("did not finish within") {
+            return FailureClass::Timeout;
+        }
+        if message.starts_with("hook was killed by signal") {
+            return FailureClass::Crashed;
+        }
+        if message.starts_with("could not start the hook")
+            || message.contains("no KMS hook command")
+        {
+            return FailureClass::Config;
+        }
+        // "hook exited with status N: <class>: <message>"
+        let first = message
+            .split_once(": ")
+            .filter(|(head, _)| head.starts_with("hook exited with status"))
+            .map(|(_, rest)| rest);
+        match first
+            .and_then(|rest| rest.split_once(':'))
+            .map(|(class, _)| class.trim())
+        {
+            Some(class) => FailureClass::ALL
+                .into_iter()
+                .find(|c| c.name() == class)
+                .unwrap_or(FailureClass::Unclassified),
+            None if message.starts_with("hook exited with status") => FailureClass::Unclassified,
+            None => FailureClass::Protocol,
+        }
+    }
+
+    /// Whether this failure says the KMS cannot be used right now (it counts toward
+    /// opening the circuit breaker). A wrapped key that does not unwrap, a refusal or a
+    /// misconfiguration is an answer from a working KMS, and does not.
+    pub fn means_kms_down(self) -> bool {
+        matches!(
+            self,
+            FailureClass::Unavailable
+                | FailureClass::Throttled
+                | FailureClass::Timeout
+                | FailureClass::Crashed
+                | FailureClass::Unclassified
+        )
+    }
+}
+
+#[cfg(test)]
+mod failure_class_tests {
+    use super::*;
+
+    #[test]
+    fn hook_failures_are_classified() {
+        let kms = |m: &str| Error::Kms(m.to_string());
+        assert_eq!(
+            FailureClass::of(&kms("hook did not finish within 500 ms and was killed")),
+            FailureClass::Timeout
+        );
+        assert_eq!(
+            FailureClass::of(&kms("hook was killed by signal 9")),
+            FailureClass::Crashed
+        );
+        assert_eq!(
+            FailureClass::of(&kms(
+                "hook exited with status 1: unavailable: transit at http://x unreachable"
+            )),
+            FailureClass::Unavailable
+        );
+        assert_eq!(
+            FailureClass::of(&kms(
+                "hook exited with status 1: invalid_ciphertext: does not decrypt"
+            )),
+            FailureClass::InvalidCiphertext
+        );
+        assert_eq!(
+            FailureClass::of(&kms("hook exited with status 2: config: no token")),
+            FailureClass::Config
+        );
+        assert_eq!(
+            FailureClass::of(&kms("hook exited with status 3: KEK not found")),
+            FailureClass::Unclassified
+        );
+        assert_eq!(
+            FailureClass::of(&kms("hook exited with status 1")),
+            FailureClass::Unclassified
+        );
+        assert_eq!(
+            FailureClass::of(&kms("response has no data field")),
+            FailureClass::Protocol
+        );
+        assert!(FailureClass::Timeout.means_kms_down());
+        assert!(!FailureClass::InvalidCiphertext.means_kms_down());
+        assert!(!FailureClass::Denied.means_kms_down());
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! - `envelope`: the versioned ciphertext format (docs/FORMAT.md)
 //! - `access`:   per-key privileges (encrypt, decrypt, blind_index)
+//! - `audit`:    the audit trail's record format, HMAC chain and verifier
 //! - `provenance`: which envelopes a role sealed itself in this transaction
 //! - `blind`:    blind indexes (keyed HMAC-SHA-256 of normalized values)
 //! - `cipher`:   AES-256-GCM seal/open of envelopes with header and context as AAD
@@ -16,6 +17,7 @@
 
 pub mod access;
 pub mod armor;
+pub mod audit;
 pub mod blind;
 pub mod cipher;
 pub mod devkms;
@@ -25,6 +27,7 @@ pub mod hook;
 pub mod import;
 pub mod keycheck;
 pub mod kms;
+pub mod locked;
 pub mod nonce;
 pub mod provenance;
 

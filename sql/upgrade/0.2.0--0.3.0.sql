@@ -72,5 +72,62 @@ CREATE TYPE dscsa._protect_job AS (
     finished    boolean
 );
 
+-- The audit trail (as in sql/tables.sql), and its key's purpose in the keyring.
+ALTER TABLE dscsa.keyring DROP CONSTRAINT keyring_purpose_check;
+ALTER TABLE dscsa.keyring ADD CONSTRAINT keyring_purpose_check
+    CHECK (purpose IN ('data', 'blind_index', 'import', 'audit'));
+
+-- The audit trail (docs/AUDIT.md): every cryptographic operation, key change, migration
+-- job and tamper detection of the cluster, written by pg_dscsa's background worker
+-- alone, each row chained to the previous one by an HMAC under the audit key. Monthly
+-- partitions (dscsa.audit_log_YYYYMM) are made by the worker as needed, so old months
+-- can be detached and archived. Owned by the NOLOGIN role dscsa_audit_owner; append-only
+-- for everyone (triggers enabled ALWAYS); readable by dscsa_auditor. `detail` is the
+-- canonical JSON the MAC covers, kept as text (cast it to jsonb to query it).
+CREATE TABLE dscsa.audit_log (
+    seq                 bigint NOT NULL,
+    ts                  timestamptz NOT NULL,
+    origin              text NOT NULL,
+    epoch               bigint NOT NULL,
+    record_type         text NOT NULL,
+    database            text,
+    session_user_name   text,
+    current_user_name   text,
+    client_addr         text,
+    application         text,
+    backend_pid         integer,
+    backend_start       timestamptz,
+    statement_id        bigint,
+    query_id            bigint,
+    statement           text,
+    operation           text NOT NULL,
+    key_id              integer,
+    key_name            text,
+    key_version         integer,
+    field_kind          text,
+    context             text,
+    outcome             text NOT NULL,
+    count               bigint NOT NULL,
+    detail              text,
+    mac_key_id          integer NOT NULL,
+    prev_mac            bytea NOT NULL,
+    mac                 bytea NOT NULL,
+    PRIMARY KEY (seq, ts)
+) PARTITION BY RANGE (ts);
+CREATE INDEX audit_log_ts ON dscsa.audit_log (ts);
+CREATE INDEX audit_log_statement ON dscsa.audit_log (backend_start, backend_pid, statement_id);
+COMMENT ON TABLE dscsa.audit_log IS
+    'The chained audit trail (docs/AUDIT.md): written by the pg_dscsa worker only, append-only, readable by dscsa_auditor.';
+
+-- Records forwarded by hot standbys (dscsa.audit_ingest), until the worker chains them.
+CREATE TABLE dscsa.audit_inbox (
+    id              bigserial PRIMARY KEY,
+    received_at     timestamptz NOT NULL DEFAULT now(),
+    forwarded_by    name NOT NULL DEFAULT session_user,
+    events          text NOT NULL
+);
+COMMENT ON TABLE dscsa.audit_inbox IS
+    'Audit records forwarded by hot standbys, waiting to be chained into dscsa.audit_log by the worker.';
+
 COMMENT ON TABLE dscsa.keyring IS
     'Wrapped data keys. Readable by dscsa_admin only; changed only through the key administration functions.';

@@ -6,6 +6,8 @@
 //! - `DSCSA_TEST_KEK`      path of the development hook's KEK file
 //! - `DSCSA_TEST_PG_BIN`   PostgreSQL's bin directory (pg_dump, pg_restore, pg_dscsa_devkms)
 //! - `DSCSA_TEST_POOLER_PORT` port of pgbouncer (transaction pooling) in front of it
+//! - `DSCSA_TEST_STANDBY_PORT` port of a streaming replica (hot standby) of the cluster,
+//!   `DSCSA_TEST_STANDBY_DATADIR` its data directory; it forwards its audit records
 //! - `DSCSA_TEST_TRAP`     "1" in the search_path pass: every session's search_path holds
 //!   the booby-trapped schema of tests/trap/trap.sql before dscsa
 
@@ -40,19 +42,35 @@ pub fn search_path() -> &'static str {
 
 /// A session of `user` on `db`, with the test search_path.
 pub fn connect(db: &str, user: &str) -> Client {
+    connect_to(&port(), db, user)
+}
+
+/// A session of `user` on `db` of the hot standby (`DSCSA_TEST_STANDBY_PORT`).
+pub fn connect_standby(db: &str, user: &str) -> Client {
+    connect_to(&env("DSCSA_TEST_STANDBY_PORT"), db, user)
+}
+
+fn connect_to(port: &str, db: &str, user: &str) -> Client {
+    try_connect_to(port, db, user).unwrap_or_else(|e| panic!("connect {db} as {user}: {e}"))
+}
+
+/// `connect_standby`, returning the error (the database may not be replayed yet).
+pub fn try_connect_standby(db: &str, user: &str) -> Result<Client, postgres::Error> {
+    try_connect_to(&env("DSCSA_TEST_STANDBY_PORT"), db, user)
+}
+
+fn try_connect_to(port: &str, db: &str, user: &str) -> Result<Client, postgres::Error> {
     let mut config = postgres::Config::new();
     config
         .host("127.0.0.1")
-        .port(port().parse().expect("DSCSA_TEST_PORT is a port"))
+        .port(port.parse().expect("the test ports are ports"))
         .dbname(db)
         .user(user)
         .options(&format!(
             "-c search_path={}",
             search_path().replace(' ', "")
         ));
-    config
-        .connect(NoTls)
-        .unwrap_or_else(|e| panic!("connect {db} as {user}: {e}"))
+    config.connect(NoTls)
 }
 
 /// A client of pgbouncer (transaction pooling) in front of the test cluster: consecutive

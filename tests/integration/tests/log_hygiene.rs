@@ -1,6 +1,8 @@
 //! Run last (scripts/test.sh does): with log_statement = all and log_min_messages =
-//! debug1 for the whole run, neither the server log nor pg_stat_statements (tracking all
-//! statements, nested ones too) may contain any data key or the KEK, in hex or base64. The data keys are recovered here, outside the server, by asking the
+//! debug1 for the whole run, neither the server logs (primary and standby),
+//! pg_stat_statements (tracking all statements, nested ones too), the audit trail nor its
+//! export may contain any data key, audit key or KEK, in hex or base64, nor the KMS
+//! providers' secrets (HSM PIN, transit token, AWS secret key). The data keys are recovered here, outside the server, by asking the
 //! development hook to unwrap every keyring entry of every test database.
 
 use std::io::Write;
@@ -47,6 +49,57 @@ fn unwrap_with_dev_hook(
     Some(STANDARD.decode(data).expect("base64"))
 }
 
+/// Unwraps a keyring entry through a production hook (`command`: program and config
+/// file, as the database's `dscsa.kms_command` names them), run as postgres like the
+/// server runs it (the hooks refuse configuration files they do not own).
+fn unwrap_with_command(
+    command: &str,
+    key_id: i32,
+    name: &str,
+    version: i32,
+    kek: &str,
+    wrapped: &[u8],
+) -> Option<Vec<u8>> {
+    let request = format!(
+        "pg_dscsa-kms-protocol: 1\noperation: unwrap\nkek: {kek}\nkey-id: {key_id}\nkey-name: {name}\nkey-version: {version}\ndata: {}\n",
+        STANDARD.encode(wrapped)
+    );
+    let mut child = Command::new("sudo")
+        .args(["-u", "postgres", "--"])
+        .args(command.split_whitespace())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run hook");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(request.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8(out.stdout).expect("utf8");
+    let data = text.lines().find_map(|l| l.strip_prefix("data: "))?;
+    Some(STANDARD.decode(data).expect("base64"))
+}
+
+/// The database's own `dscsa.kms_command` (ALTER DATABASE ... SET), if any.
+fn database_hook(su: &mut postgres::Client, db: &str) -> Option<String> {
+    su.query_opt(
+        "SELECT substr(s, length('dscsa.kms_command=') + 1)
+           FROM pg_db_role_setting, unnest(setconfig) s
+          WHERE setdatabase = (SELECT oid FROM pg_database WHERE datname = $1) AND setrole = 0
+            AND s LIKE 'dscsa.kms\\_command=%'",
+        &[&db],
+    )
+    .expect("database settings")
+    .map(|r| r.get(0))
+}
+
 /// Every KEK file in the test's KMS directory (databases with their own hook have their
 /// own), and every key in them and in the import files.
 fn kms_files_and_secrets() -> (Vec<std::path::PathBuf>, Vec<Vec<u8>>) {
@@ -85,6 +138,49 @@ fn spellings(bytes: &[u8]) -> Vec<String> {
     ]
 }
 
+/// Every spelling of every secret, found in one pass over a text: all spellings are runs
+/// of base64/hex characters of a few fixed lengths (43 to 64), so only such runs in the
+/// text are looked at, window by window, in a set. (A `contains` per spelling would read
+/// hundreds of megabytes of trail and log once per spelling.)
+struct Scanner {
+    spellings: std::collections::HashSet<String>,
+    lengths: Vec<usize>,
+}
+
+impl Scanner {
+    fn new(secrets: &[Vec<u8>]) -> Scanner {
+        let spellings: std::collections::HashSet<String> =
+            secrets.iter().flat_map(|s| spellings(s)).collect();
+        let mut lengths: Vec<usize> = spellings.iter().map(String::len).collect();
+        lengths.sort_unstable();
+        lengths.dedup();
+        Scanner { spellings, lengths }
+    }
+
+    /// Whether `text` holds any spelling.
+    fn finds_in(&self, text: &str) -> bool {
+        let shortest = self.lengths.first().copied().unwrap_or(usize::MAX);
+        let is_token = |c: char| c.is_ascii_alphanumeric() || "+/=_-".contains(c);
+        text.split(|c: char| !is_token(c))
+            .filter(|t| t.len() >= shortest)
+            .any(|t| {
+                self.lengths.iter().any(|&len| {
+                    len <= t.len()
+                        && (0..=t.len() - len).any(|i| self.spellings.contains(&t[i..i + len]))
+                })
+            })
+    }
+}
+
+#[test]
+fn the_scanner_finds_a_spelling_inside_other_text() {
+    let key = vec![0x5au8; 32];
+    let scanner = Scanner::new(std::slice::from_ref(&key));
+    assert!(scanner.finds_in(&format!("x = '{}';", hex(&key))));
+    assert!(scanner.finds_in(&format!("prefix{}suffix", STANDARD.encode(&key))));
+    assert!(!scanner.finds_in("nothing to see, 0123456789abcdef0123456789abcdef0123456789abcdef"));
+}
+
 #[test]
 fn no_key_bytes_in_the_server_log() {
     // Exercise the key paths once more in this test's own database, including failures.
@@ -101,7 +197,7 @@ fn no_key_bytes_in_the_server_log() {
     let mut su = connect("postgres", "postgres");
     let dbs: Vec<String> = su
         .query(
-            "SELECT datname FROM pg_database WHERE datname LIKE 'it\\_%'",
+            "SELECT datname FROM pg_database WHERE datname LIKE 'it\\_%' OR datname = 'dscsa_audit'",
             &[],
         )
         .expect("databases")
@@ -109,6 +205,7 @@ fn no_key_bytes_in_the_server_log() {
         .map(|r| r.get(0))
         .collect();
     for db in dbs {
+        let hook = database_hook(&mut su, &db);
         let mut d = connect(&db, "postgres");
         let has_ext: bool = d
             .query_one(
@@ -140,7 +237,20 @@ fn no_key_bytes_in_the_server_log() {
                         row.get::<_, Vec<u8>>(4).as_slice(),
                     )
                 })
-                .unwrap_or_else(|| panic!("no KEK file unwraps key {key_id} of {db}"));
+                .or_else(|| {
+                    // Databases of the provider tests: their keys are in the HSM/KMS.
+                    hook.as_deref().and_then(|command| {
+                        unwrap_with_command(
+                            command,
+                            key_id,
+                            row.get(1),
+                            row.get(2),
+                            row.get(3),
+                            row.get::<_, Vec<u8>>(4).as_slice(),
+                        )
+                    })
+                })
+                .unwrap_or_else(|| panic!("neither a KEK file nor the database's hook unwraps key {key_id} of {db}"));
             assert_eq!(dek.len(), 32);
             secrets.push(dek);
         }
@@ -165,14 +275,45 @@ fn no_key_bytes_in_the_server_log() {
         statements.contains("load_key"),
         "pg_stat_statements saw no key loads"
     );
-    for secret in &secrets {
-        for spelling in spellings(secret) {
-            assert!(
-                !statements.contains(&spelling),
-                "a key appears in pg_stat_statements"
-            );
-        }
+    let scanner = Scanner::new(&secrets);
+    assert!(
+        !scanner.finds_in(&statements),
+        "a key appears in pg_stat_statements"
+    );
+
+    // The audit trail, its export and what standbys logged must not hold keys either
+    // (the audit key itself is among the secrets: dscsa_audit's keyring was read above).
+    let mut trail = connect("dscsa_audit", "postgres");
+    let mut audit_text = String::new();
+    for row in trail
+        .query("SELECT row_to_json(l)::text FROM dscsa.audit_log l", &[])
+        .expect("trail")
+    {
+        audit_text.push_str(row.get::<_, &str>(0));
+        audit_text.push('\n');
     }
+    for row in trail
+        .query("SELECT line FROM dscsa.audit_export() line", &[])
+        .expect("export")
+    {
+        audit_text.push_str(row.get::<_, &str>(0));
+        audit_text.push('\n');
+    }
+    assert!(
+        audit_text.contains("\"decrypt\""),
+        "the trail has no decryptions"
+    );
+    assert!(
+        !scanner.finds_in(&audit_text),
+        "a key appears in the audit trail or its export"
+    );
+    let standby_log = std::fs::read(format!("{}/server.log", env("DSCSA_TEST_STANDBY_DATADIR")))
+        .expect("standby server log");
+    let standby_log = String::from_utf8_lossy(&standby_log);
+    assert!(
+        !scanner.finds_in(&standby_log),
+        "a key appears in the standby's server log"
+    );
 
     let log = std::fs::read_to_string(format!("{}/server.log", env("DSCSA_TEST_DATADIR")))
         .expect("server log");
@@ -184,9 +325,37 @@ fn no_key_bytes_in_the_server_log() {
         log.contains("KMS hook unwrap succeeded"),
         "debug1 messages are not in the log"
     );
-    for secret in &secrets {
-        for spelling in spellings(secret) {
-            assert!(!log.contains(&spelling), "a key appears in the server log");
+    assert!(!scanner.finds_in(&log), "a key appears in the server log");
+
+    // Nor the KMS providers' secrets: the HSM PIN, the transit token, the AWS secret key.
+    let kms_dir = env("DSCSA_TEST_KMS_DIR");
+    let provider_secrets: Vec<String> = ["hsm.pin", "transit.token", "aws.credentials"]
+        .iter()
+        .map(|f| std::fs::read_to_string(format!("{kms_dir}/{f}")).expect("provider secret"))
+        .map(|text| {
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix("aws_secret_access_key = ")
+                        .map(str::to_string)
+                })
+                .unwrap_or_else(|| text.trim().to_string())
+        })
+        .collect();
+    for secret in &provider_secrets {
+        assert!(
+            secret.len() >= 16,
+            "provider secrets are long enough to search for"
+        );
+        for (text, place) in [
+            (&log, "server log"),
+            (&standby_log.to_string(), "standby log"),
+            (&statements, "pg_stat_statements"),
+            (&audit_text, "audit trail"),
+        ] {
+            assert!(
+                !text.contains(secret.as_str()),
+                "a KMS provider secret appears in the {place}"
+            );
         }
     }
 }

@@ -7,11 +7,13 @@ use pg_dscsa_itest::{connect, count, erp_db};
 use postgres::Client;
 
 /// The matrix columns and the login role that plays each.
-const ROLES: [(&str, &str); 7] = [
+const ROLES: [(&str, &str); 8] = [
     ("superuser", "postgres"),
     ("dscsa_admin", "itest_admin"),
     ("dscsa_writer", "itest_writer"),
     ("dscsa_reader", "itest_reader"),
+    // Created by scripts/test.sh with the audit database.
+    ("dscsa_auditor", "itest_auditor"),
     ("table owner", "itest_owner"),
     ("search_path planter", "itest_planter"),
     ("PUBLIC", "itest_nobody"),
@@ -192,6 +194,30 @@ fn attempt(db: &str, su: &mut Client, action: &str, login: &str, i: usize) -> Ou
                 Outcome::Refused("never ran".into())
             }
         }
+        // The audit trail lives in its own database (scripts/test.sh: dscsa_audit).
+        "read_trail" => {
+            let mut a = connect("dscsa_audit", login);
+            match a.query("SELECT line FROM dscsa.audit_export(1, 10) line", &[]) {
+                Ok(_) => run(&mut a, "SELECT count(*) FROM dscsa.audit_log"),
+                Err(e) => refused(e),
+            }
+        }
+        "verify_trail" => run(
+            &mut connect("dscsa_audit", login),
+            "SELECT * FROM dscsa.audit_verify()",
+        ),
+        "edit_trail" => run(
+            &mut connect("dscsa_audit", login),
+            "UPDATE dscsa.audit_log SET count = count WHERE false; DELETE FROM dscsa.audit_log WHERE false;",
+        ),
+        "audit_off" => run(
+            &mut c,
+            "SET dscsa.audit = off; RESET dscsa.audit; SET dscsa.audit_durability = async;",
+        ),
+        "ingest_records" => run(
+            &mut connect("dscsa_audit", login),
+            "SELECT dscsa.audit_ingest('[]')",
+        ),
         other => panic!("docs/SECURITY.md names action `{other}`, which this test does not know"),
     }
 }

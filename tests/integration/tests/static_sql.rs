@@ -218,3 +218,39 @@ fn generated_view_triggers_pin_search_path() {
         .get(0);
     assert_eq!(config, [PINNED]);
 }
+
+/// pgrx's `Spi::get_one`, `get_two`, ... run their query read-write, which assigns the
+/// transaction an id: "cannot assign TransactionIds during recovery" on a hot standby,
+/// and an XID spent per read elsewhere. The extension's reads go through
+/// src/readonly.rs; this keeps it so.
+#[test]
+fn the_extension_reads_through_read_only_spi() {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("src") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let src = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../src"));
+    let mut files = Vec::new();
+    walk(src, &mut files);
+    assert!(files.len() > 20, "found {} source files", files.len());
+    let mut offenders = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).expect("read");
+        for (n, line) in text.lines().enumerate() {
+            if line.contains("Spi::get_") && !line.trim_start().starts_with("//") {
+                offenders.push(format!("{}:{}: {}", f.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "read-write SPI reads:\n{}",
+        offenders.join("\n")
+    );
+}
