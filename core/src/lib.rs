@@ -9,6 +9,7 @@
 //! - `armor`:    the text form of an envelope (`dscsa:` + base64url)
 //! - `nonce`:    fork-aware nonce source and data-key generation
 //! - `kms`:      the KMS hook protocol (docs/KMS.md)
+//! - `gs1`:      GS1 product identifiers: field rules and one parser for every spelling
 //! - `import`:   opening AES-256-GCM values sealed by other applications
 //! - `hook`:     running a hook command with a deadline and interrupt checks
 //! - `devkms`:   the development hook's logic (KEK in a 0600 file)
@@ -23,6 +24,7 @@ pub mod cipher;
 pub mod devkms;
 pub mod envelope;
 pub mod error;
+pub mod gs1;
 pub mod hook;
 pub mod import;
 pub mod keycheck;
