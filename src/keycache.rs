@@ -112,7 +112,7 @@ pub fn get_or_unwrap(
             raw,
             unwrapped_at_us: at,
         }),
-        Some((cached, at)) => match claim(row, db) {
+        Some((cached, at)) => match claim(row, db, false) {
             // Another backend is refreshing it: go on with the cached key meanwhile.
             Claim::Wait => Ok(CachedKey {
                 raw: cached,
@@ -127,7 +127,7 @@ pub fn get_or_unwrap(
                 drop(held);
                 refreshed
             }
-            Claim::Unclaimed => refresh(row, db, &unwrap, cached, at),
+            Claim::Unclaimed | Claim::Failed(_) => refresh(row, db, &unwrap, cached, at),
         },
         None => unwrap_once(row, db, &unwrap),
     }
@@ -182,29 +182,49 @@ enum Claim {
     Mine(InFlightClaim),
     /// The in-flight table is full: unwrap without telling the others.
     Unclaimed,
+    /// The unwrap this backend waited for failed just now, with this class.
+    Failed(FailureClass),
 }
 
 /// This backend's slot in `KmsShared::in_flight`, freed when dropped (also when the hook
-/// fails or the statement is cancelled: pgrx unwinds Rust frames on errors).
-struct InFlightClaim(usize);
+/// fails or the statement is cancelled: pgrx unwinds Rust frames on errors). A failed
+/// hook call leaves its class there for a moment, for the backends that waited for it.
+struct InFlightClaim {
+    slot: usize,
+    failure: Option<FailureClass>,
+}
 
 impl Drop for InFlightClaim {
     fn drop(&mut self) {
         let me = my_pid();
+        let failure = self.failure;
         shmem::with_kms(true, |k, _| {
-            if k.in_flight[self.0].pid == me {
-                k.in_flight[self.0].pid = 0;
+            let f = &mut k.in_flight[self.slot];
+            if f.pid == me {
+                f.pid = 0;
+                if let Some(class) = failure {
+                    f.failed_until_us = now_us() + FAILURE_SHARED_US;
+                    f.failure = FailureClass::ALL
+                        .iter()
+                        .position(|c| *c == class)
+                        .and_then(|i| u8::try_from(i).ok())
+                        .unwrap_or(0);
+                }
             }
         });
     }
 }
+
+/// How long the backends that waited for a failed unwrap take its failure as theirs.
+const FAILURE_SHARED_US: i64 = 1_000_000;
 
 fn my_pid() -> i32 {
     // SAFETY: MyProcPid is set at backend start.
     unsafe { pg_sys::MyProcPid }
 }
 
-fn claim(row: &Row<'_>, db: u32) -> Claim {
+/// `waited`: this backend has been waiting for another's unwrap of the key.
+fn claim(row: &Row<'_>, db: u32, waited: bool) -> Claim {
     let hard = hard_ttl_us();
     let prefix = &row.check[..row.check.len().min(16)];
     shmem::with_kms(true, |k, entries| {
@@ -218,14 +238,27 @@ fn claim(row: &Row<'_>, db: u32) -> Claim {
             k.cache.hits += 1;
             return Claim::Cached(Zeroizing::new(e.key.to_vec()), e.unwrapped_at_us);
         }
-        let same = |f: &shmem::InFlight| {
-            f.pid != 0
-                && f.dboid == db
-                && f.key_id == row.key_id
-                && f.check[..prefix.len()] == *prefix
+        let same_key = |f: &shmem::InFlight| {
+            f.dboid == db && f.key_id == row.key_id && f.check[..prefix.len()] == *prefix
         };
-        if k.in_flight.iter().any(|f| same(f) && f.until_us > now) {
+        if k.in_flight
+            .iter()
+            .any(|f| f.pid != 0 && same_key(f) && f.until_us > now)
+        {
             return Claim::Wait;
+        }
+        if waited {
+            if let Some(f) = k
+                .in_flight
+                .iter()
+                .find(|f| f.pid == 0 && same_key(f) && f.failed_until_us > now)
+            {
+                let class = FailureClass::ALL
+                    .get(usize::from(f.failure))
+                    .copied()
+                    .unwrap_or(FailureClass::Unclassified);
+                return Claim::Failed(class);
+            }
         }
         match k
             .in_flight
@@ -241,7 +274,11 @@ fn claim(row: &Row<'_>, db: u32) -> Claim {
                 f.check[..prefix.len()].copy_from_slice(prefix);
                 // The hook's timeout and a margin for its process to be reaped.
                 f.until_us = now + i64::from(guc::KMS_TIMEOUT_MS.get()) * 1000 + 2_000_000;
-                Claim::Mine(InFlightClaim(i))
+                f.failed_until_us = 0;
+                Claim::Mine(InFlightClaim {
+                    slot: i,
+                    failure: None,
+                })
             }
             None => Claim::Unclaimed,
         }
@@ -257,8 +294,9 @@ fn unwrap_once(
     db: u32,
     unwrap: &impl Fn() -> Result<Zeroizing<Vec<u8>>, Error>,
 ) -> Result<CachedKey, Error> {
+    let mut waited = false;
     loop {
-        match claim(row, db) {
+        match claim(row, db, waited) {
             Claim::Cached(raw, at) => {
                 return Ok(CachedKey {
                     raw,
@@ -266,12 +304,33 @@ fn unwrap_once(
                 })
             }
             Claim::Wait => {
+                waited = true;
                 // SAFETY: a short sleep; interrupts (cancel, statement_timeout) are
                 // honoured between sleeps.
                 unsafe { pg_sys::pg_usleep(2_000) };
                 pgrx::check_for_interrupts!();
             }
-            Claim::Mine(_claim) => return unwrap_and_store(row, unwrap),
+            // Not run again at once: with a hung KMS, each waiter would otherwise wait
+            // out the hook's timeout in turn.
+            Claim::Failed(class) => {
+                return Err(Error::Kms(format!(
+                    "another session's unwrap of key \"{}\" version {} through the hook failed just now ({}); not retried at once",
+                    row.name,
+                    row.version,
+                    class.name()
+                )))
+            }
+            Claim::Mine(mut held) => {
+                let result = unwrap_and_store(row, unwrap);
+                if let Err(e) = &result {
+                    held.failure = Some(if matches!(e, Error::KmsUnavailable { .. }) {
+                        FailureClass::Unavailable
+                    } else {
+                        FailureClass::of(e)
+                    });
+                }
+                return result;
+            }
             Claim::Unclaimed => return unwrap_and_store(row, unwrap),
         }
     }

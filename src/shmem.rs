@@ -141,6 +141,11 @@ pub struct InFlight {
     /// Waiters stop waiting after this (the hook's own timeout and a margin): a backend
     /// cancelled or killed mid-unwrap must not hold the others back.
     pub until_us: i64,
+    /// After a failed unwrap (slot freed, pid 0): until when the backends that waited
+    /// for it get its failure instead of each running the hook again, and its class
+    /// (index in dscsa_core::kms::FailureClass::ALL).
+    pub failed_until_us: i64,
+    pub failure: u8,
 }
 
 pub const MAX_BREAKERS: usize = 8;
@@ -466,6 +471,12 @@ fn wake_worker(latch: *mut pg_sys::Latch) {
         // of a process that has exited is harmless.
         unsafe { pg_sys::SetLatch(latch) };
     }
+}
+
+/// Wakes the worker (a backend waits for room in a full queue).
+pub fn nudge_worker() {
+    let latch = locked(false, |h| h.worker_latch).unwrap_or(std::ptr::null_mut());
+    wake_worker(latch);
 }
 
 /// Puts serialized events into the queue, all or none, and adds `deltas` to the

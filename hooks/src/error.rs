@@ -2,40 +2,11 @@
 //! that the server can tell an unreachable KMS (which trips its circuit breaker) from a
 //! wrapped key that does not unwrap (which does not): docs/KMS.md, "Failure classes".
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class {
-    /// The KMS could not be reached or did not answer in time.
-    Unavailable,
-    /// The KMS refused for rate limits (after the hook's own retries).
-    Throttled,
-    /// The credentials may not use the key.
-    Denied,
-    /// The key is disabled or pending deletion.
-    Disabled,
-    /// The blob does not decrypt under this key and context (tampered, copied, wrong KEK).
-    InvalidCiphertext,
-    /// The hook is misconfigured (file, module, token, key not found).
-    Config,
-    /// An operation this provider does not offer.
-    Unsupported,
-    /// The request could not be read.
-    Protocol,
-}
-
-impl Class {
-    pub fn name(self) -> &'static str {
-        match self {
-            Class::Unavailable => "unavailable",
-            Class::Throttled => "throttled",
-            Class::Denied => "denied",
-            Class::Disabled => "disabled",
-            Class::InvalidCiphertext => "invalid_ciphertext",
-            Class::Config => "config",
-            Class::Unsupported => "unsupported",
-            Class::Protocol => "protocol",
-        }
-    }
-}
+/// The server's own list (dscsa_core::kms::FailureClass), so that the names a hook
+/// writes are the names the server reads. The hooks use the KMS-side classes
+/// (unavailable, throttled, denied, disabled, invalid_ciphertext, config, unsupported,
+/// protocol); timeout, crashed and unclassified are the runner's.
+pub use dscsa_core::kms::FailureClass as Class;
 
 #[derive(Debug)]
 pub struct HookError {

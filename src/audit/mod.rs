@@ -254,17 +254,23 @@ fn unavailable(why: &str) -> Error {
 }
 
 /// `shmem::admit`, waiting up to `dscsa.audit_sync_timeout` while the worker is not
-/// ready (a server that just started, a worker being restarted) instead of refusing at
-/// once; a full queue or a missing preload refuse at once.
+/// ready (a server that just started, a worker being restarted) or the queue is full (a
+/// burst: the statement waits for the worker to drain it, which paces the writers to
+/// the trail's speed) instead of refusing at once; a missing preload refuses at once.
 fn admit_waiting() -> Result<()> {
     let mut waited_ms = 0;
     loop {
         match shmem::admit() {
-            Err(shmem::Refusal::WorkerDown) if waited_ms < guc::AUDIT_SYNC_TIMEOUT_MS.get() => {
+            Err(r @ (shmem::Refusal::WorkerDown | shmem::Refusal::Full))
+                if waited_ms < guc::AUDIT_SYNC_TIMEOUT_MS.get() =>
+            {
+                if r == shmem::Refusal::Full {
+                    shmem::nudge_worker();
+                }
                 pgrx::check_for_interrupts!();
                 // SAFETY: sleeps this backend only.
-                unsafe { pg_sys::pg_usleep(10_000) };
-                waited_ms += 10;
+                unsafe { pg_sys::pg_usleep(2_000) };
+                waited_ms += 2;
             }
             other => return other.map_err(refusal),
         }

@@ -9,10 +9,10 @@
 
 use std::time::Duration;
 
-use dscsa_core::audit::record::{canonical_json, Counter, Event};
+use dscsa_core::audit::record::Event;
 
 use super::libpq::Connection;
-use super::{flush_interval, reload_if_asked, wait, worker_event};
+use super::{anchor_event, flush_interval, reload_if_asked, wait, worker_event};
 use crate::{guc, shmem};
 
 pub fn run() {
@@ -52,7 +52,7 @@ pub fn run() {
                     }
                 }
                 if anchor_due {
-                    events.push(anchor(&batch));
+                    events.push(anchor_event(&batch));
                 }
                 match send(&mut conn, &events) {
                     Ok(()) => {
@@ -85,21 +85,6 @@ pub fn run() {
             return;
         }
     }
-}
-
-fn anchor(batch: &shmem::Batch) -> Event {
-    let mut totals = serde_json::Map::new();
-    for c in &batch.counters {
-        let mut m = serde_json::Map::new();
-        for counter in Counter::ALL {
-            m.insert(counter.name().into(), c.values[counter.index()].into());
-        }
-        totals.insert(c.name(), serde_json::Value::Object(m));
-    }
-    let mut e = worker_event("anchor", "anchor", "ok", serde_json::Value::Null);
-    e.epoch = batch.epoch;
-    e.detail = Some(canonical_json(&serde_json::json!({ "totals": totals })));
-    e
 }
 
 fn send(conn: &mut Option<Connection>, events: &[Event]) -> Result<(), String> {

@@ -18,7 +18,7 @@ pub use writer::AUDIT_KEY_NAME;
 
 use std::time::Duration;
 
-use dscsa_core::audit::record::{canonical_json, Event};
+use dscsa_core::audit::record::{canonical_json, Counter, Event};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
 };
@@ -193,4 +193,26 @@ fn config_changes(
             )
         })
         .collect()
+}
+
+/// An anchor: the running completeness counters of every (origin, epoch, database) the
+/// batch carries (docs/AUDIT.md, "Anchors"). Written by the primary's writer into the
+/// trail, and by a standby's forwarder with its own records.
+fn anchor_event(batch: &shmem::Batch) -> Event {
+    let mut totals = serde_json::Map::new();
+    for c in &batch.counters {
+        let mut m = serde_json::Map::new();
+        for counter in Counter::ALL {
+            m.insert(counter.name().into(), c.values[counter.index()].into());
+        }
+        totals.insert(c.name(), serde_json::Value::Object(m));
+    }
+    let mut e = worker_event(
+        "anchor",
+        "anchor",
+        "ok",
+        serde_json::json!({ "totals": totals }),
+    );
+    e.epoch = batch.epoch;
+    e
 }

@@ -6,14 +6,17 @@
 use std::collections::HashSet;
 
 use dscsa_core::audit::chain::{AuditKey, AuditKeys, GENESIS, MAC_LEN};
-use dscsa_core::audit::record::{canonical_json, Counter, Event, Record};
+use dscsa_core::audit::record::{Event, Record};
 use dscsa_core::audit::verify::LoggedAnchor;
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 
 use super::alerts::Alerts;
-use super::{audit_settings, config_changes, flush_interval, reload_if_asked, wait, worker_event};
+use super::{
+    anchor_event, audit_settings, config_changes, flush_interval, reload_if_asked, wait,
+    worker_event,
+};
 use crate::{guc, keyring, rotation, shmem};
 
 /// Name of the audit key in the keyring (purpose 'audit').
@@ -274,22 +277,7 @@ impl Writer {
         let inbox = read_inbox(&local_origin, &mut events);
         let mut anchor = None;
         if anchor_due {
-            let mut totals = serde_json::Map::new();
-            for c in &batch.counters {
-                let mut m = serde_json::Map::new();
-                for counter in Counter::ALL {
-                    m.insert(counter.name().into(), c.values[counter.index()].into());
-                }
-                totals.insert(c.name(), serde_json::Value::Object(m));
-            }
-            let mut e = worker_event(
-                "anchor",
-                "anchor",
-                "ok",
-                serde_json::json!({ "totals": totals }),
-            );
-            e.epoch = batch.epoch;
-            e.detail = Some(canonical_json(&serde_json::json!({ "totals": totals })));
+            let e = anchor_event(&batch);
             events.push(e);
         }
         let mut rows = Vec::with_capacity(events.len());

@@ -50,8 +50,23 @@ pub fn connect_standby(db: &str, user: &str) -> Client {
     connect_to(&env("DSCSA_TEST_STANDBY_PORT"), db, user)
 }
 
+/// Connects; while the server is starting or in crash recovery (57P03: a test killed a
+/// backend with SIGKILL, and the postmaster restarts every process) it retries for up
+/// to a minute.
 fn connect_to(port: &str, db: &str, user: &str) -> Client {
-    try_connect_to(port, db, user).unwrap_or_else(|e| panic!("connect {db} as {user}: {e}"))
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match try_connect_to(port, db, user) {
+            Ok(c) => return c,
+            Err(e)
+                if e.code() == Some(&postgres::error::SqlState::CANNOT_CONNECT_NOW)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err(e) => panic!("connect {db} as {user}: {e:?}"),
+        }
+    }
 }
 
 /// `connect_standby`, returning the error (the database may not be replayed yet).
@@ -265,4 +280,65 @@ pub fn session_with_keys(db: &str, user: &str, keys: &[&str]) -> Client {
             .unwrap_or_else(|e| panic!("load {k} as {user}: {e}"));
     }
     c
+}
+
+/// Server settings changed for a test (ALTER SYSTEM + reload), reset when the value is
+/// dropped, also when the test fails.
+pub struct Settings(Vec<&'static str>);
+
+impl Settings {
+    pub fn set(pairs: &[(&'static str, &str)]) -> Settings {
+        let mut c = connect("postgres", "postgres");
+        for (name, value) in pairs {
+            c.batch_execute(&format!("ALTER SYSTEM SET {name} = '{value}'"))
+                .expect("alter system");
+        }
+        c.batch_execute("SELECT pg_reload_conf()").expect("reload");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        Settings(pairs.iter().map(|(n, _)| *n).collect())
+    }
+}
+
+impl Drop for Settings {
+    fn drop(&mut self) {
+        let mut c = connect("postgres", "postgres");
+        for name in &self.0 {
+            let _ = c.batch_execute(&format!("ALTER SYSTEM RESET {name}"));
+        }
+        let _ = c.batch_execute("SELECT pg_reload_conf()");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
+/// Runs `command` with `stdin` written to it; returns (exit status, stdout, stderr).
+pub fn run_with_stdin(command: &mut std::process::Command, stdin: &str) -> (i32, String, String) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run command");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A KMS protocol 1 unwrap request for one keyring entry (docs/KMS.md).
+pub fn unwrap_request(kek: &str, key_id: i32, name: &str, version: i32, wrapped: &[u8]) -> String {
+    use base64::Engine;
+    format!(
+        "pg_dscsa-kms-protocol: 1\noperation: unwrap\nkek: {kek}\nkey-id: {key_id}\nkey-name: {name}\nkey-version: {version}\ndata: {}\n",
+        base64::engine::general_purpose::STANDARD.encode(wrapped)
+    )
 }

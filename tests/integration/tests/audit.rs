@@ -33,6 +33,18 @@ fn trail() -> Client {
     connect(TRAIL_DB, "postgres")
 }
 
+/// The SIGKILL test makes the postmaster restart every process (crash recovery): it
+/// runs alone; the other tests of this file (which cargo runs in parallel) share this.
+static CRASH: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn alongside_others() -> std::sync::RwLockReadGuard<'static, ()> {
+    CRASH.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+    CRASH.write().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Waits until everything queued so far is committed to the trail.
 fn settle(t: &mut Client) {
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -212,6 +224,7 @@ fn assert_trail_verifies(t: &mut Client) {
 
 #[test]
 fn decryptions_in_a_rolled_back_transaction_are_recorded_with_who_and_where() {
+    let _crash = alongside_others();
     let _one = exclusive();
     let (db, mut su) = fresh_db("aud_rb");
     encrypted_table(&mut su, 1000);
@@ -276,6 +289,7 @@ fn decryptions_in_a_rolled_back_transaction_are_recorded_with_who_and_where() {
 
 #[test]
 fn identical_statements_of_a_session_are_merged_with_exact_counts() {
+    let _crash = alongside_others();
     let _one = exclusive();
     let (db, mut su) = fresh_db("aud_merge");
     encrypted_table(&mut su, 100);
@@ -328,6 +342,7 @@ fn identical_statements_of_a_session_are_merged_with_exact_counts() {
 
 #[test]
 fn a_statement_failing_after_500_rows_is_recorded_with_500_and_its_error() {
+    let _crash = alongside_others();
     let _one = exclusive();
     let (db, mut su) = fresh_db("aud_fail");
     encrypted_table(&mut su, 1000);
@@ -367,6 +382,7 @@ fn a_statement_failing_after_500_rows_is_recorded_with_500_and_its_error() {
 
 #[test]
 fn a_backend_terminated_mid_statement_leaves_a_record_that_says_so() {
+    let _crash = alongside_others();
     let _one = exclusive();
     let (db, mut su) = fresh_db("aud_term");
     encrypted_table(&mut su, 400);
@@ -411,6 +427,7 @@ fn a_backend_terminated_mid_statement_leaves_a_record_that_says_so() {
 
 #[test]
 fn a_backend_killed_with_sigkill_mid_statement_leaves_an_unclosed_opened_record() {
+    let _crash = alone();
     let _one = exclusive();
     let (db, mut su) = fresh_db("aud_kill");
     encrypted_table(&mut su, 400);
@@ -477,6 +494,7 @@ fn a_backend_killed_with_sigkill_mid_statement_leaves_an_unclosed_opened_record(
 
 #[test]
 fn the_worker_terminated_and_restarted_by_the_postmaster_loses_nothing() {
+    let _crash = alongside_others();
     let _one = exclusive();
     let (db, mut su) = fresh_db("aud_wrk");
     encrypted_table(&mut su, 50);
@@ -574,6 +592,7 @@ fn the_worker_terminated_and_restarted_by_the_postmaster_loses_nothing() {
 
 #[test]
 fn a_forced_parallel_million_row_decrypt_is_counted_exactly() {
+    let _crash = alongside_others();
     let _one = exclusive();
     let (db, mut su) = fresh_db("aud_par");
     su.batch_execute(
@@ -617,6 +636,7 @@ fn a_forced_parallel_million_row_decrypt_is_counted_exactly() {
 
 #[test]
 fn a_plpgsql_loop_of_10000_single_decrypts_is_counted_exactly() {
+    let _crash = alongside_others();
     let _one = exclusive();
     let (db, mut su) = fresh_db("aud_loop");
     encrypted_table(&mut su, 100);
@@ -664,6 +684,7 @@ fn add_import(reference: &str, key: &[u8; 32]) {
 
 #[test]
 fn every_key_operation_is_one_record_with_its_old_and_new_state() {
+    let _crash = alongside_others();
     let _one = exclusive();
     let (db, mut su) = fresh_db("aud_keys");
     let mut t = trail();
@@ -833,6 +854,7 @@ fn assert_tampering_found(t: &mut Client, what: &str, tamper: &str, kind: &str, 
 
 #[test]
 fn both_verifiers_find_each_kind_of_tampering_at_its_sequence_number() {
+    let _crash = alongside_others();
     let _one = exclusive();
     let (db, mut su) = fresh_db("aud_tamper");
     encrypted_table(&mut su, 20);
@@ -910,11 +932,14 @@ fn both_verifiers_find_each_kind_of_tampering_at_its_sequence_number() {
         "reordered",
         s,
     );
-    // Cutting off the newest rows: an anchor after the cut is in the server log.
+    // Cutting off the newest rows: an anchor after the cut is in the server log. (The
+    // primary's own anchor: anchors forwarded by the standby are in the standby's log.)
     let anchored = poll_positive(
         &mut t,
         "an anchor after our records",
-        "SELECT coalesce(max(seq), 0)::int8 FROM dscsa.audit_log WHERE record_type = 'anchor' AND seq > $1",
+        "SELECT coalesce(max(seq), 0)::int8 FROM dscsa.audit_log
+          WHERE record_type = 'anchor' AND seq > $1
+            AND origin = (SELECT origin FROM dscsa.audit_log WHERE seq = $1)",
         &[&s],
     );
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -938,6 +963,7 @@ fn both_verifiers_find_each_kind_of_tampering_at_its_sequence_number() {
 
 #[test]
 fn an_untouched_trail_of_100000_records_verifies_and_its_counts_add_up() {
+    let _crash = alongside_others();
     let _one = exclusive();
     let (db, mut su) = fresh_db("aud_100k");
     let mut t = trail();
@@ -1034,6 +1060,7 @@ fn an_untouched_trail_of_100000_records_verifies_and_its_counts_add_up() {
 
 #[test]
 fn fail_closed_when_the_trail_cannot_take_records() {
+    let _crash = alongside_others();
     let _one = exclusive();
     let (db, mut su) = fresh_db("aud_closed");
     encrypted_table(&mut su, 10);
@@ -1109,6 +1136,7 @@ fn fail_closed_when_the_trail_cannot_take_records() {
 
 #[test]
 fn turning_the_trail_off_takes_a_superuser_and_is_recorded() {
+    let _crash = alongside_others();
     let _one = exclusive();
     let (db, mut su) = fresh_db("aud_off");
     encrypted_table(&mut su, 10);
@@ -1175,6 +1203,7 @@ fn alter_system(t: &mut Client, settings: &[(&str, Option<&str>)]) {
 
 #[test]
 fn tamper_detections_notify_and_page_once_per_burst_without_blocking() {
+    let _crash = alongside_others();
     let _one = exclusive();
     let (db, mut su) = fresh_db("aud_alert");
     encrypted_table(&mut su, 50);
@@ -1341,6 +1370,7 @@ fn fs_remove(p: &std::path::Path) -> std::io::Result<()> {
 
 #[test]
 fn no_plaintext_or_ciphertext_in_the_trail_or_its_export() {
+    let _crash = alongside_others();
     let _one = exclusive();
     let (db, mut su) = fresh_db("aud_clean");
     encrypted_table(&mut su, 30);
@@ -1387,6 +1417,7 @@ fn no_plaintext_or_ciphertext_in_the_trail_or_its_export() {
 
 #[test]
 fn a_hot_standbys_decryptions_reach_the_primarys_chain() {
+    let _crash = alongside_others();
     let _one = exclusive();
     let (db, mut su) = fresh_db("aud_standby");
     encrypted_table(&mut su, 100);

@@ -11,40 +11,13 @@ use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use pg_dscsa_itest::{connect, env, fresh_db, pooled, sqlstate, READER, WRITER};
+use pg_dscsa_itest::{connect, env, fresh_db, pooled, sqlstate, Settings, READER, WRITER};
 use postgres::Client;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn exclusive() -> MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Server settings changed for a test, reset when it ends (even by a panic).
-struct Settings(Vec<&'static str>);
-
-impl Settings {
-    fn set(pairs: &[(&'static str, &str)]) -> Settings {
-        let mut c = connect("postgres", "postgres");
-        for (name, value) in pairs {
-            c.batch_execute(&format!("ALTER SYSTEM SET {name} = '{value}'"))
-                .expect("alter system");
-        }
-        c.batch_execute("SELECT pg_reload_conf()").expect("reload");
-        std::thread::sleep(Duration::from_millis(300));
-        Settings(pairs.iter().map(|(n, _)| *n).collect())
-    }
-}
-
-impl Drop for Settings {
-    fn drop(&mut self) {
-        let mut c = connect("postgres", "postgres");
-        for name in &self.0 {
-            let _ = c.batch_execute(&format!("ALTER SYSTEM RESET {name}"));
-        }
-        let _ = c.batch_execute("SELECT pg_reload_conf()");
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 /// (hook runs, breaker state) of the hooks whose program is `provider`: other tests of
@@ -406,5 +379,72 @@ fn past_the_hard_ttl_cached_keys_stop_working_with_a_clear_error() {
     std::thread::sleep(Duration::from_millis(1100));
     w.batch_execute("SELECT dscsa.dscsa_encrypt('d')")
         .expect("refreshed after the KMS returned");
+    let _ = std::fs::remove_file(&flag);
+}
+
+#[test]
+fn sessions_missing_one_key_together_run_the_hook_once_even_when_it_hangs() {
+    let _one = exclusive();
+    // The breaker stays out of it: this is about sessions waiting for one another.
+    let _settings = Settings::set(&[("dscsa.kms_breaker_failures", "50")]);
+    let (db, mut su) = fresh_db("kc_herd");
+    let flag = format!(
+        "{}/../kms_up_herd_{}",
+        env("DSCSA_TEST_DATADIR"),
+        std::process::id()
+    );
+    std::fs::write(&flag, "").expect("flag");
+    su.batch_execute(&format!(
+        "ALTER DATABASE {db} SET dscsa.kms_command = '{}'; ALTER DATABASE {db} SET dscsa.kms_timeout = '1s';",
+        flaky_hook(&flag).replace('\'', "''")
+    ))
+    .expect("database hook");
+    let mut admin = connect(&db, "postgres");
+    admin
+        .batch_execute(
+            "SELECT dscsa.create_key('cold'); SELECT dscsa.grant_key('cold', 'dscsa_writer', 'encrypt');
+             SELECT dscsa.flush_key_cache();",
+        )
+        .expect("a key nobody loaded");
+    std::fs::remove_file(&flag).expect("outage");
+    let (before, _) = hook(&mut admin, "if");
+
+    const SESSIONS: usize = 6;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(SESSIONS));
+    let workers: Vec<_> = (0..SESSIONS)
+        .map(|_| {
+            let (db, barrier) = (db.clone(), barrier.clone());
+            thread::spawn(move || {
+                let mut c = connect(&db, WRITER);
+                barrier.wait();
+                let start = Instant::now();
+                let state = sqlstate(c.query_one("SELECT dscsa.load_key('cold')", &[]));
+                (state, start.elapsed())
+            })
+        })
+        .collect();
+    let results: Vec<(String, Duration)> = workers
+        .into_iter()
+        .map(|w| w.join().expect("session"))
+        .collect();
+    let (after, _) = hook(&mut admin, "if");
+    println!("{results:?}, {} hook runs", after - before);
+    for (state, took) in &results {
+        assert_eq!(state, "38000");
+        // One hook time limit (1 s) and its margin, not one per session in turn.
+        assert!(*took < Duration::from_secs(4), "a session waited {took:?}");
+    }
+    assert!(
+        after - before <= 2,
+        "{} hook runs for {SESSIONS} sessions missing one key",
+        after - before
+    );
+
+    // Once the KMS is back, the key loads (the failure is not remembered).
+    std::fs::write(&flag, "").expect("recovery");
+    std::thread::sleep(Duration::from_millis(1100));
+    connect(&db, WRITER)
+        .batch_execute("SELECT dscsa.load_key('cold')")
+        .expect("loads after the KMS returns");
     let _ = std::fs::remove_file(&flag);
 }

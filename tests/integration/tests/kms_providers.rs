@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use pg_dscsa_itest::{
-    connect, create_test_roles, empty_db, env, error_text, sqlstate, READER, WRITER,
+    connect, create_test_roles, empty_db, env, error_text, run_with_stdin, sqlstate,
+    unwrap_request, Settings, READER, WRITER,
 };
 use postgres::Client;
 
@@ -116,26 +117,12 @@ fn provider_db(p: &Provider, tag: &str, kek: &str) -> (String, Client) {
 
 /// Runs a hook program as postgres with `args`, `stdin`; returns (status, stdout, stderr).
 fn run_hook(program: &str, args: &[&str], stdin: &str) -> (i32, String, String) {
-    let mut child = Command::new("sudo")
-        .args(["-u", "postgres", "--"])
-        .arg(format!("{}/{program}", env("DSCSA_TEST_PG_BIN")))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run hook");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("wait");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    run_with_stdin(
+        Command::new("sudo")
+            .args(["-u", "postgres", "--"])
+            .arg(format!("{}/{program}", env("DSCSA_TEST_PG_BIN")))
+            .args(args),
+        stdin,
     )
 }
 
@@ -341,15 +328,11 @@ fn transit_round_trips_binds_and_rotates_through_key_versions() {
     c.batch_execute("SELECT dscsa.flush_key_cache(); SELECT dscsa.unload_all_keys(); SELECT dscsa.load_key('k');")
         .expect("loads under v2");
     // The copy wrapped under v1 no longer unwraps.
-    use base64::Engine;
     let key_id: i32 = c
         .query_one("SELECT key_id FROM dscsa.keyring WHERE key_name = 'k'", &[])
         .expect("id")
         .get(0);
-    let request = format!(
-        "pg_dscsa-kms-protocol: 1\noperation: unwrap\nkek: {v1}\nkey-id: {key_id}\nkey-name: k\nkey-version: 1\ndata: {}\n",
-        base64::engine::general_purpose::STANDARD.encode(&old_blob)
-    );
+    let request = unwrap_request(&v1, key_id, "k", 1, &old_blob);
     let (status, _, err) = run_hook(
         p.program,
         &[&format!("{}/{}", kms_dir(), p.config)],
@@ -381,33 +364,6 @@ impl Drop for Frozen {
         let _ = Command::new("kill")
             .args(["-CONT", &self.0.to_string()])
             .status();
-    }
-}
-
-/// Server settings for the outage tests, reset when they end.
-struct Settings(Vec<&'static str>);
-
-impl Settings {
-    fn set(pairs: &[(&'static str, &str)]) -> Settings {
-        let mut c = connect("postgres", "postgres");
-        for (name, value) in pairs {
-            c.batch_execute(&format!("ALTER SYSTEM SET {name} = '{value}'"))
-                .expect("alter system");
-        }
-        c.batch_execute("SELECT pg_reload_conf()").expect("reload");
-        std::thread::sleep(Duration::from_millis(300));
-        Settings(pairs.iter().map(|(n, _)| *n).collect())
-    }
-}
-
-impl Drop for Settings {
-    fn drop(&mut self) {
-        let mut c = connect("postgres", "postgres");
-        for name in &self.0 {
-            let _ = c.batch_execute(&format!("ALTER SYSTEM RESET {name}"));
-        }
-        let _ = c.batch_execute("SELECT pg_reload_conf()");
-        std::thread::sleep(Duration::from_millis(300));
     }
 }
 

@@ -3,88 +3,49 @@
 //! pg_stat_statements (tracking all statements, nested ones too), the audit trail nor its
 //! export may contain any data key, audit key or KEK, in hex or base64, nor the KMS
 //! providers' secrets (HSM PIN, transit token, AWS secret key). The data keys are recovered here, outside the server, by asking the
-//! development hook to unwrap every keyring entry of every test database.
+//! development hook (or, for the provider tests' databases, their own production hook)
+//! to unwrap every keyring entry of every test database.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use pg_dscsa_itest::{connect, env, fresh_db, hex};
+use pg_dscsa_itest::{connect, env, fresh_db, hex, run_with_stdin, unwrap_request};
 
-fn unwrap_with_dev_hook(
-    kek_file: &std::path::Path,
+/// Unwraps a keyring entry through a hook command outside the server: the development
+/// hook with one of the test's KEK files, or a production hook (program and config file,
+/// as a database's `dscsa.kms_command` names them) run as postgres like the server runs
+/// it (the hooks refuse configuration files they do not own).
+fn unwrap_with(
+    command: &mut Command,
     key_id: i32,
     name: &str,
     version: i32,
     kek: &str,
     wrapped: &[u8],
 ) -> Option<Vec<u8>> {
-    let request = format!(
-        "pg_dscsa-kms-protocol: 1\noperation: unwrap\nkek: {kek}\nkey-id: {key_id}\nkey-name: {name}\nkey-version: {version}\ndata: {}\n",
-        STANDARD.encode(wrapped)
+    let (status, out, _) = run_with_stdin(
+        command,
+        &unwrap_request(kek, key_id, name, version, wrapped),
     );
-    let mut child = Command::new(format!("{}/pg_dscsa_devkms", env("DSCSA_TEST_PG_BIN")))
-        .arg("--kek-file")
-        .arg(kek_file)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run dev hook");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(request.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("wait");
-    if !out.status.success() {
+    if status != 0 {
         return None;
     }
-    let text = String::from_utf8(out.stdout).expect("utf8");
-    let data = text
-        .lines()
-        .find_map(|l| l.strip_prefix("data: "))
-        .expect("data line");
+    let data = out.lines().find_map(|l| l.strip_prefix("data: "))?;
     Some(STANDARD.decode(data).expect("base64"))
 }
 
-/// Unwraps a keyring entry through a production hook (`command`: program and config
-/// file, as the database's `dscsa.kms_command` names them), run as postgres like the
-/// server runs it (the hooks refuse configuration files they do not own).
-fn unwrap_with_command(
-    command: &str,
-    key_id: i32,
-    name: &str,
-    version: i32,
-    kek: &str,
-    wrapped: &[u8],
-) -> Option<Vec<u8>> {
-    let request = format!(
-        "pg_dscsa-kms-protocol: 1\noperation: unwrap\nkek: {kek}\nkey-id: {key_id}\nkey-name: {name}\nkey-version: {version}\ndata: {}\n",
-        STANDARD.encode(wrapped)
-    );
-    let mut child = Command::new("sudo")
-        .args(["-u", "postgres", "--"])
-        .args(command.split_whitespace())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run hook");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(request.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("wait");
-    if !out.status.success() {
-        return None;
-    }
-    let text = String::from_utf8(out.stdout).expect("utf8");
-    let data = text.lines().find_map(|l| l.strip_prefix("data: "))?;
-    Some(STANDARD.decode(data).expect("base64"))
+fn dev_hook(kek_file: &std::path::Path) -> Command {
+    let mut c = Command::new(format!("{}/pg_dscsa_devkms", env("DSCSA_TEST_PG_BIN")));
+    c.arg("--kek-file").arg(kek_file);
+    c
+}
+
+fn as_postgres(command: &str) -> Command {
+    let mut c = Command::new("sudo");
+    c.args(["-u", "postgres", "--"])
+        .args(command.split_whitespace());
+    c
 }
 
 /// The database's own `dscsa.kms_command` (ALTER DATABASE ... SET), if any.
@@ -228,8 +189,8 @@ fn no_key_bytes_in_the_server_log() {
             let dek = kek_files
                 .iter()
                 .find_map(|f| {
-                    unwrap_with_dev_hook(
-                        f,
+                    unwrap_with(
+                        &mut dev_hook(f),
                         key_id,
                         row.get(1),
                         row.get(2),
@@ -240,8 +201,8 @@ fn no_key_bytes_in_the_server_log() {
                 .or_else(|| {
                     // Databases of the provider tests: their keys are in the HSM/KMS.
                     hook.as_deref().and_then(|command| {
-                        unwrap_with_command(
-                            command,
+                        unwrap_with(
+                            &mut as_postgres(command),
                             key_id,
                             row.get(1),
                             row.get(2),
