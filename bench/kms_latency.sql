@@ -3,6 +3,7 @@
 -- KEK: :n loads of 'k', each timed, into kms_latency (provider, cache, ms). bench.sh runs
 -- it with the key cache off (every load runs the hook) and on (warm).
 \set ON_ERROR_STOP 1
+SET client_min_messages = warning;
 CREATE TABLE IF NOT EXISTS kms_latency (provider text, cache text, ms float8);
 SELECT dscsa.load_key('k');  -- warms the cache when it is on
 SELECT set_config('bench.provider', :'provider', false), set_config('bench.cache', :'cache', false),

@@ -13,7 +13,8 @@ bench_kms() {
     local providers_dir="${BENCH_ROOT}/kms-providers"
     local seconds="${KMS_SECONDS:-20}" loads="${KMS_LOADS:-200}"
     local q=(as_postgres psql -X -q -h /tmp -p "${BENCH_PORT}" -v ON_ERROR_STOP=1)
-    trap 'stop_pooler "${pooler_dir}"; stop_kms_providers "${providers_dir}"; stop_cluster "${BENCH_ROOT}/data"' EXIT
+    # Expanded now: the function's locals are gone when the script exits.
+    trap "stop_pooler '${pooler_dir}'; stop_kms_providers '${providers_dir}'; stop_cluster '${BENCH_ROOT}/data'" EXIT
 
     start_pooler "${pooler_dir}" "${pooler_port}" "${BENCH_PORT}" postgres
     "${q[@]}" -d postgres -c "SELECT dscsa.grant_key('bench', 'postgres', 'encrypt')" >/dev/null
