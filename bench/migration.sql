@@ -1,9 +1,11 @@
 -- pg_dscsa migration benchmark: protecting a column of :rows rows in place and online,
 -- and re-encrypting it after a key rotation, against a plain rewrite of the same column
 -- (UPDATE t SET c = c || '') measured in the same run on identical tables.
--- Run through scripts/bench.sh (make bench). psql variable: mrows (default 1000000).
+-- Run through scripts/bench.sh (make bench), which runs it MIG_ROUNDS times (default 3)
+-- and reports the median of each ratio. psql variables: mrows (default 1000000), round.
 \set ON_ERROR_STOP 1
 \if :{?mrows} \else \set mrows 1000000 \endif
+\if :{?round} \else \set round 1 \endif
 SET search_path = public, dscsa;
 SET client_min_messages = warning;
 SET dscsa.key_name = 'bench';
@@ -76,8 +78,11 @@ BEGIN
 END
 $$;
 
+CREATE TABLE IF NOT EXISTS mig_history (round int, step int, name text, ms numeric, vs_plain_rewrite numeric);
+INSERT INTO mig_history SELECT :round, step, name, ms, ms / (SELECT ms FROM mig_results WHERE step = 1) FROM mig_results;
+
 \echo
-\echo Migration of :mrows rows, same run, ratios against the plain rewrite:
+\echo Migration of :mrows rows, round :round, ratios against the plain rewrite of the same round:
 SELECT step, name, round(ms) AS ms,
        round(ms * 1000 / :mrows, 2) AS us_per_row,
        round(ms / (SELECT ms FROM mig_results WHERE step = 1), 2) AS vs_plain_rewrite

@@ -45,6 +45,22 @@ for name, key, key_id, kind, _given, normalized, length in BLIND_VECTORS:
     index = key_id.to_bytes(4, "big") + mac[:length]
     print(f"blind {name}\n  index {index.hex()}")
 
+# Product-identifier pair (kind byte 0x10): GTIN-14 || serial, whatever spelling the unit
+# was given in (docs/BLIND_INDEX.md, "Product-identifier index").
+PAIR_VECTORS = [
+    # name, key (hex), key_id, spelling, GTIN-14, serial, length
+    ("pair-element-string", "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+     3, "(01)00300010123455(21)SN1", "00300010123455", "SN1", 16),
+    ("pair-epc-escaped", "42" * 32, 5, "urn:epc:id:sgtin:0614141.812345.6789%2F%26",
+     "80614141123458", "6789/&", 16),
+]
+
+for name, key, key_id, _spelling, gtin14, serial, length in PAIR_VECTORS:
+    mac = hmac.new(bytes.fromhex(key), b"pg_dscsa blind index 1\x00" + bytes([0x10]) + (gtin14 + serial).encode(),
+                   hashlib.sha256).digest()
+    index = key_id.to_bytes(4, "big") + mac[:length]
+    print(f"identifier {name}\n  index {index.hex()}")
+
 # Audit chain format 1 (docs/AUDIT.md, "Record format" and "Chain"), with the standard
 # library's HMAC: what a second verifier must compute.
 AUDIT_KEY = bytes(range(32))

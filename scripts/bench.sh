@@ -2,7 +2,7 @@
 # Benchmarks pg_dscsa against plaintext and pgcrypto baselines in one run on the same
 # data (bench/bench.sql). Timings are printed, never asserted: these machines are noisy.
 #   ROWS=1000000 REPS=5 bash scripts/bench.sh
-#   BENCH_ONLY=micro|migration|vrs|audit|kms runs one part (default: all five)
+#   BENCH_ONLY=micro|migration|vrs|audit|kms|lookup|gs1 runs one part (default: all seven)
 # pg_dscsa is preloaded and its audit trail on (the normal installation); the audit part
 # and the VRS part also measure the trail off and in sync mode, in the same run.
 source "$(dirname "$0")/common.sh"
@@ -47,10 +47,27 @@ as_postgres psql -X -q -h /tmp -p "${BENCH_PORT}" -d postgres -v ON_ERROR_STOP=1
 fi
 
 MROWS="${MROWS:-${ROWS}}"
+MIG_ROUNDS="${MIG_ROUNDS:-3}"
 if wants migration; then
-log "Migration benchmark (bench/migration.sql) with ${MROWS} rows"
+as_postgres psql -X -q -h /tmp -p "${BENCH_PORT}" -d postgres -c "DROP TABLE IF EXISTS mig_history"
+for round in $(seq 1 "${MIG_ROUNDS}"); do
+    log "Migration benchmark (bench/migration.sql) with ${MROWS} rows, round ${round} of ${MIG_ROUNDS}"
+    as_postgres psql -X -q -h /tmp -p "${BENCH_PORT}" -d postgres -v ON_ERROR_STOP=1 \
+        -v mrows="${MROWS}" -v round="${round}" -f "${REPO_ROOT}/bench/migration.sql"
+done
+echo
+echo "Migration of ${MROWS} rows: median of ${MIG_ROUNDS} rounds (each ratio against the plain rewrite of its own round):"
+as_postgres psql -X -q -h /tmp -p "${BENCH_PORT}" -d postgres -v ON_ERROR_STOP=1 -c "
+    SELECT step, name, round(percentile_disc(0.5) WITHIN GROUP (ORDER BY ms)) AS median_ms,
+           round(percentile_disc(0.5) WITHIN GROUP (ORDER BY vs_plain_rewrite), 2) AS median_vs_plain_rewrite,
+           string_agg(round(vs_plain_rewrite, 2)::text, ' ' ORDER BY round) AS each_round
+      FROM mig_history GROUP BY step, name ORDER BY step"
+fi
+
+if wants gs1; then
+log "GS1 parsing and product-identifier index (bench/gs1.sql) with ${ROWS} identifiers, median of ${REPS} runs"
 as_postgres psql -X -q -h /tmp -p "${BENCH_PORT}" -d postgres -v ON_ERROR_STOP=1 \
-    -v mrows="${MROWS}" -f "${REPO_ROOT}/bench/migration.sql"
+    -v rows="${ROWS}" -v reps="${REPS}" -f "${REPO_ROOT}/bench/gs1.sql"
 fi
 
 if wants kms; then
@@ -58,13 +75,10 @@ if wants kms; then
     bench_kms
 fi
 
-if ! wants vrs && ! wants audit; then exit 0; fi
+if ! wants vrs && ! wants audit && ! wants lookup; then exit 0; fi
 VRS_ROWS="${VRS_ROWS:-${ROWS}}"
 CLIENTS="${CLIENTS:-8}"
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-30}"
-log "VRS lookup benchmark: ${VRS_ROWS} units, ${CLIENTS} clients, ${SECONDS_PER_RUN} s per run (pgbench)"
-as_postgres psql -X -q -h /tmp -p "${BENCH_PORT}" -d postgres -v ON_ERROR_STOP=1 \
-    -v rows="${VRS_ROWS}" -f "${REPO_ROOT}/bench/vrs_setup.sql"
 
 # Runs one pgbench script; prints tps and per-transaction latency percentiles (ms),
 # computed from pgbench's per-transaction log (latency in microseconds, column 3).
@@ -90,11 +104,41 @@ run_pgbench() {
                 name, tps, a[i50] / 1000, a[i99] / 1000, a[NR] / 1000, NR
         }' | tee -a "${BENCH_ROOT}/vrs_results.txt"
 }
+# median NAME COLUMN: the median of a column of one configuration's result lines.
+median() {
+    awk -v n="$1" -v c="$2" '$1 == n {print $c}' "${BENCH_ROOT}/vrs_results.txt" | sort -n |
+        awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'
+}
+VRS_ROUNDS="${VRS_ROUNDS:-3}"
+
+if wants lookup; then
+log "Transparent lookups: ${VRS_ROWS} units, the application's query through the view vs a plaintext unique index (pgbench)"
+as_postgres psql -X -q -h /tmp -p "${BENCH_PORT}" -d postgres -v ON_ERROR_STOP=1 \
+    -v rows="${VRS_ROWS}" -f "${REPO_ROOT}/bench/lookup_setup.sql"
+rm -f "${BENCH_ROOT}/vrs_results.txt"
+for round in $(seq 1 "${VRS_ROUNDS}"); do
+    log "Lookup round ${round} of ${VRS_ROUNDS}"
+    run_pgbench lk_plain lookup_plain.pgbench
+    run_pgbench lk_view lookup_view.pgbench
+done
+echo
+echo "Median of ${VRS_ROUNDS} rounds (tps; p50, p99 in ms):"
+for name in lk_plain lk_view; do
+    printf "%-10s tps %10.1f  p50 %7.3f  p99 %7.3f\n" \
+        "${name}" "$(median "${name}" 3)" "$(median "${name}" 5)" "$(median "${name}" 8)"
+done | tee "${BENCH_ROOT}/lookup_medians.txt"
+awk '/^lk_plain/ {p = $3} /^lk_view/ {v = $3} END { printf "view lookup/plaintext throughput: %.2f\n", v / p }' \
+    "${BENCH_ROOT}/lookup_medians.txt"
+fi
+
+if ! wants vrs && ! wants audit; then exit 0; fi
+log "VRS lookup benchmark: ${VRS_ROWS} units, ${CLIENTS} clients, ${SECONDS_PER_RUN} s per run (pgbench)"
+as_postgres psql -X -q -h /tmp -p "${BENCH_PORT}" -d postgres -v ON_ERROR_STOP=1 \
+    -v rows="${VRS_ROWS}" -f "${REPO_ROOT}/bench/vrs_setup.sql"
 rm -f "${BENCH_ROOT}/vrs_results.txt"
 # The four configurations in turn, VRS_ROUNDS times (this machine's throughput drifts by
 # 10-20% from run to run; interleaving spreads the drift over all of them), then the
 # median of each. encrypted = the trail on, async (the default).
-VRS_ROUNDS="${VRS_ROUNDS:-3}"
 for round in $(seq 1 "${VRS_ROUNDS}"); do
     log "VRS round ${round} of ${VRS_ROUNDS}"
     run_pgbench plaintext vrs_plain.pgbench
@@ -104,11 +148,6 @@ for round in $(seq 1 "${VRS_ROUNDS}"); do
 done
 echo
 echo "Median of ${VRS_ROUNDS} rounds (tps; p50, p99 in ms):"
-# median NAME COLUMN: the median of a column of one configuration's result lines.
-median() {
-    awk -v n="$1" -v c="$2" '$1 == n {print $c}' "${BENCH_ROOT}/vrs_results.txt" | sort -n |
-        awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'
-}
 for name in plaintext encrypted trail_off trail_sync; do
     printf "%-10s tps %10.1f  p50 %7.3f  p99 %7.3f\n" \
         "${name}" "$(median "${name}" 3)" "$(median "${name}" 5)" "$(median "${name}" 8)"

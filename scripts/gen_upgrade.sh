@@ -23,7 +23,7 @@ out="sql/pg_dscsa--${from}--${to}.sql"
 [ -f "${delta}" ] || { echo "no delta ${delta}" >&2; exit 1; }
 
 routine_files() {
-    grep -o '"\.\./sql/[a-z_]*\.sql"' src/lib.rs | tr -d '"' | sed 's|^\.\./||' | while read -r f; do
+    grep -o '"\.\./sql/[a-z0-9_]*\.sql"' src/lib.rs | tr -d '"' | sed 's|^\.\./||' | while read -r f; do
         head -n 3 "$f" | grep -q 'Created once' || echo "$f"
     done
 }

@@ -15,7 +15,20 @@ CREATE OR REPLACE FUNCTION dscsa.blind_index_candidates(value text, key_name tex
     RETURNS bytea[]
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'blind_index_candidates_wrapper';
 COMMENT ON FUNCTION dscsa.blind_index_candidates(text, text, text) IS
-    'Blind indexes of a plaintext under every loaded version of a blind-index key: WHERE col_bidx = ANY (...) keeps working during a blind-index key rotation.';
+    'Blind indexes of a plaintext under every loaded version of a blind-index key: WHERE col_bidx = ANY (...) keeps working during a blind-index key rotation. Kind any: under every field kind too.';
+-- For IN lists; the planner adds it for `decrypted IN (...)` (src/lookup.rs).
+CREATE OR REPLACE FUNCTION dscsa.blind_index_candidates(value text[], key_name text, kind text DEFAULT 'generic')
+    RETURNS bytea[]
+    STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'blind_index_candidates_array_wrapper';
+COMMENT ON FUNCTION dscsa.blind_index_candidates(text[], text, text) IS
+    'Blind indexes of each element (NULLs skipped) under every loaded version of a blind-index key.';
+
+-- One candidate by position (NULL past the last): the planner spells the candidates as
+-- separate slots for a table partitioned by the blind-index column, so that partition
+-- pruning can evaluate each (src/lookup.rs). Raises rather than miss a version.
+CREATE OR REPLACE FUNCTION dscsa._blind_index_slot(value text, key_name text, kind text, slot integer)
+    RETURNS bytea
+    STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'blind_index_slot_wrapper';
 
 CREATE OR REPLACE FUNCTION dscsa.normalize_identifier(value text, kind text)
     RETURNS text

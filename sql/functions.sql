@@ -7,6 +7,9 @@
 --   memory and are never copied to shared memory, so they must run in the leader
 --   (docs/SECURITY.md, "Parallel query").
 -- * all are STRICT: NULL in, NULL out.
+-- * decrypt costs 100 (x cpu_operator_cost): an AES-GCM open and a key lookup per call.
+--   With the default of 1 the planner would rather hash-join on decrypted values of
+--   every row than probe a blind index once per outer row (src/lookup.rs).
 -- One C symbol serves the one- and two-argument forms (the second is the context).
 
 -- generic
@@ -15,22 +18,22 @@ CREATE OR REPLACE FUNCTION dscsa.dscsa_encrypt(plaintext text) RETURNS dscsa.enc
 CREATE OR REPLACE FUNCTION dscsa.dscsa_encrypt(plaintext text, context text) RETURNS dscsa.encrypted
     VOLATILE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_encrypt';
 CREATE OR REPLACE FUNCTION dscsa.dscsa_decrypt(value dscsa.encrypted) RETURNS text
-    STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt';
+    STABLE STRICT PARALLEL RESTRICTED COST 100 LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt';
 CREATE OR REPLACE FUNCTION dscsa.dscsa_decrypt(value dscsa.encrypted, context text) RETURNS text
-    STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt';
+    STABLE STRICT PARALLEL RESTRICTED COST 100 LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt';
 CREATE OR REPLACE FUNCTION dscsa.dscsa_try_decrypt(value dscsa.encrypted) RETURNS text
-    STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt';
+    STABLE STRICT PARALLEL RESTRICTED COST 100 LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt';
 CREATE OR REPLACE FUNCTION dscsa.dscsa_try_decrypt(value dscsa.encrypted, context text) RETURNS text
-    STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt';
+    STABLE STRICT PARALLEL RESTRICTED COST 100 LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt';
 -- The same functions over raw envelope bytes (bytea); malformed bytes raise 22P02.
 CREATE OR REPLACE FUNCTION dscsa.dscsa_decrypt(value bytea) RETURNS text
-    STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt';
+    STABLE STRICT PARALLEL RESTRICTED COST 100 LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt';
 CREATE OR REPLACE FUNCTION dscsa.dscsa_decrypt(value bytea, context text) RETURNS text
-    STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt';
+    STABLE STRICT PARALLEL RESTRICTED COST 100 LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt';
 CREATE OR REPLACE FUNCTION dscsa.dscsa_try_decrypt(value bytea) RETURNS text
-    STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt';
+    STABLE STRICT PARALLEL RESTRICTED COST 100 LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt';
 CREATE OR REPLACE FUNCTION dscsa.dscsa_try_decrypt(value bytea, context text) RETURNS text
-    STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt';
+    STABLE STRICT PARALLEL RESTRICTED COST 100 LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt';
 
 -- gtin
 CREATE OR REPLACE FUNCTION dscsa.dscsa_encrypt_gtin(plaintext text) RETURNS dscsa.gtin_encrypted
@@ -38,13 +41,13 @@ CREATE OR REPLACE FUNCTION dscsa.dscsa_encrypt_gtin(plaintext text) RETURNS dscs
 CREATE OR REPLACE FUNCTION dscsa.dscsa_encrypt_gtin(plaintext text, context text) RETURNS dscsa.gtin_encrypted
     VOLATILE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_encrypt_gtin';
 CREATE OR REPLACE FUNCTION dscsa.dscsa_decrypt(value dscsa.gtin_encrypted) RETURNS text
-    STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt_gtin';
+    STABLE STRICT PARALLEL RESTRICTED COST 100 LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt_gtin';
 CREATE OR REPLACE FUNCTION dscsa.dscsa_decrypt(value dscsa.gtin_encrypted, context text) RETURNS text
-    STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt_gtin';
+    STABLE STRICT PARALLEL RESTRICTED COST 100 LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt_gtin';
 CREATE OR REPLACE FUNCTION dscsa.dscsa_try_decrypt(value dscsa.gtin_encrypted) RETURNS text
-    STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt_gtin';
+    STABLE STRICT PARALLEL RESTRICTED COST 100 LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt_gtin';
 CREATE OR REPLACE FUNCTION dscsa.dscsa_try_decrypt(value dscsa.gtin_encrypted, context text) RETURNS text
-    STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt_gtin';
+    STABLE STRICT PARALLEL RESTRICTED COST 100 LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt_gtin';
 
 -- serial
 CREATE OR REPLACE FUNCTION dscsa.dscsa_encrypt_serial(plaintext text) RETURNS dscsa.serial_encrypted
@@ -52,13 +55,13 @@ CREATE OR REPLACE FUNCTION dscsa.dscsa_encrypt_serial(plaintext text) RETURNS ds
 CREATE OR REPLACE FUNCTION dscsa.dscsa_encrypt_serial(plaintext text, context text) RETURNS dscsa.serial_encrypted
     VOLATILE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_encrypt_serial';
 CREATE OR REPLACE FUNCTION dscsa.dscsa_decrypt(value dscsa.serial_encrypted) RETURNS text
-    STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt_serial';
+    STABLE STRICT PARALLEL RESTRICTED COST 100 LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt_serial';
 CREATE OR REPLACE FUNCTION dscsa.dscsa_decrypt(value dscsa.serial_encrypted, context text) RETURNS text
-    STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt_serial';
+    STABLE STRICT PARALLEL RESTRICTED COST 100 LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt_serial';
 CREATE OR REPLACE FUNCTION dscsa.dscsa_try_decrypt(value dscsa.serial_encrypted) RETURNS text
-    STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt_serial';
+    STABLE STRICT PARALLEL RESTRICTED COST 100 LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt_serial';
 CREATE OR REPLACE FUNCTION dscsa.dscsa_try_decrypt(value dscsa.serial_encrypted, context text) RETURNS text
-    STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt_serial';
+    STABLE STRICT PARALLEL RESTRICTED COST 100 LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt_serial';
 
 -- lot
 CREATE OR REPLACE FUNCTION dscsa.dscsa_encrypt_lot(plaintext text) RETURNS dscsa.lot_encrypted
@@ -66,13 +69,13 @@ CREATE OR REPLACE FUNCTION dscsa.dscsa_encrypt_lot(plaintext text) RETURNS dscsa
 CREATE OR REPLACE FUNCTION dscsa.dscsa_encrypt_lot(plaintext text, context text) RETURNS dscsa.lot_encrypted
     VOLATILE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_encrypt_lot';
 CREATE OR REPLACE FUNCTION dscsa.dscsa_decrypt(value dscsa.lot_encrypted) RETURNS text
-    STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt_lot';
+    STABLE STRICT PARALLEL RESTRICTED COST 100 LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt_lot';
 CREATE OR REPLACE FUNCTION dscsa.dscsa_decrypt(value dscsa.lot_encrypted, context text) RETURNS text
-    STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt_lot';
+    STABLE STRICT PARALLEL RESTRICTED COST 100 LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt_lot';
 CREATE OR REPLACE FUNCTION dscsa.dscsa_try_decrypt(value dscsa.lot_encrypted) RETURNS text
-    STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt_lot';
+    STABLE STRICT PARALLEL RESTRICTED COST 100 LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt_lot';
 CREATE OR REPLACE FUNCTION dscsa.dscsa_try_decrypt(value dscsa.lot_encrypted, context text) RETURNS text
-    STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt_lot';
+    STABLE STRICT PARALLEL RESTRICTED COST 100 LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt_lot';
 
 -- expiry
 CREATE OR REPLACE FUNCTION dscsa.dscsa_encrypt_expiry(plaintext text) RETURNS dscsa.expiry_encrypted
@@ -80,13 +83,13 @@ CREATE OR REPLACE FUNCTION dscsa.dscsa_encrypt_expiry(plaintext text) RETURNS ds
 CREATE OR REPLACE FUNCTION dscsa.dscsa_encrypt_expiry(plaintext text, context text) RETURNS dscsa.expiry_encrypted
     VOLATILE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_encrypt_expiry';
 CREATE OR REPLACE FUNCTION dscsa.dscsa_decrypt(value dscsa.expiry_encrypted) RETURNS text
-    STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt_expiry';
+    STABLE STRICT PARALLEL RESTRICTED COST 100 LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt_expiry';
 CREATE OR REPLACE FUNCTION dscsa.dscsa_decrypt(value dscsa.expiry_encrypted, context text) RETURNS text
-    STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt_expiry';
+    STABLE STRICT PARALLEL RESTRICTED COST 100 LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_decrypt_expiry';
 CREATE OR REPLACE FUNCTION dscsa.dscsa_try_decrypt(value dscsa.expiry_encrypted) RETURNS text
-    STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt_expiry';
+    STABLE STRICT PARALLEL RESTRICTED COST 100 LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt_expiry';
 CREATE OR REPLACE FUNCTION dscsa.dscsa_try_decrypt(value dscsa.expiry_encrypted, context text) RETURNS text
-    STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt_expiry';
+    STABLE STRICT PARALLEL RESTRICTED COST 100 LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_try_decrypt_expiry';
 
 COMMENT ON FUNCTION dscsa.dscsa_encrypt(text) IS
     'Encrypts with the active version of the key named by dscsa.key_name (loaded with dscsa.load_key).';

@@ -104,7 +104,9 @@ GRANT EXECUTE ON FUNCTION dscsa._reencrypt_start(regclass, name, text, integer),
 
 -- Blind-index lookups (reveal an HMAC, never a value) for applications that read or write.
 GRANT EXECUTE ON FUNCTION dscsa.blind_index(text, text, text),
-    dscsa.blind_index_candidates(text, text, text) TO dscsa_reader, dscsa_writer;
+    dscsa.blind_index_candidates(text, text, text),
+    dscsa.blind_index_candidates(text[], text, text),
+    dscsa._blind_index_slot(text, text, text, integer) TO dscsa_reader, dscsa_writer;
 -- Converting another application's ciphertext yields only ciphertext.
 GRANT EXECUTE ON FUNCTION dscsa.import_json(jsonb, text, text),
     dscsa.import_json(jsonb, text, text, text) TO dscsa_writer;
@@ -133,7 +135,10 @@ GRANT EXECUTE ON FUNCTION
     dscsa.drop_view(regclass),
     dscsa._encrypted_type(text), dscsa._plaintext_expr(name, regtype, text),
     dscsa._original_type(text), dscsa._derived_names(regclass, name), dscsa._index_on(regclass, name, boolean),
-    dscsa._carried_index(regclass, name), dscsa._raise_problems(regclass, name, text),
+    dscsa._index_problem(regclass, regclass), dscsa._carried_indexes(regclass, name),
+    dscsa._carried_list(dscsa.protected_columns), dscsa._index_leads_with(regclass, name),
+    dscsa._carried_index_ddl(regclass, name, name, jsonb, name), dscsa._building_name(name),
+    dscsa._raise_problems(regclass, name, text),
     dscsa._registry(text, regclass, name, dscsa.protected_columns),
     dscsa._finish_protection(dscsa.protected_columns),
     dscsa._protect_prepare(regclass, name, text, text, text, text),
@@ -149,3 +154,15 @@ GRANT EXECUTE ON PROCEDURE dscsa.protect_column(regclass, name, text, text, text
     dscsa.abort_protect_column(regclass, name), dscsa.unprotect_column(regclass, name),
     dscsa.reindex_blind(regclass, name, integer) TO dscsa_admin;
 GRANT SELECT ON dscsa.protected_columns TO dscsa_admin, dscsa_writer, dscsa_reader;
+
+-- GS1 identifiers (docs/GS1.md): checking and parsing reveal nothing beyond their input;
+-- the counts per rule read the caller's own table with the caller's rights.
+GRANT EXECUTE ON FUNCTION dscsa.gs1_violation(text, text), dscsa.parse_identifier(text),
+    dscsa._parse_identifier(text)
+    TO dscsa_admin, dscsa_writer, dscsa_reader;
+GRANT EXECUTE ON FUNCTION dscsa.gs1_problems(regclass, name, text),
+    dscsa._raise_gs1_problems(regclass, name, text) TO dscsa_admin;
+-- The product-identifier blind index, like dscsa.blind_index (an HMAC, never a value).
+GRANT EXECUTE ON FUNCTION dscsa.identifier_index(text), dscsa.identifier_index(text, text),
+    dscsa.identifier_index_candidates(text), dscsa.identifier_index_candidates(text, text)
+    TO dscsa_reader, dscsa_writer;

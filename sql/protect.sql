@@ -75,6 +75,13 @@ AS $$
      WHERE c.oid = tbl
 $$;
 
+-- The name under which an online protection builds the carried index `index_name`
+-- before the cutover renames it (derived here, beside the other names).
+CREATE OR REPLACE FUNCTION dscsa._building_name(index_name name) RETURNS name
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+    RETURN left(left(index_name, 53) || '_dscsa_new', 63);
+
 -- The name of an index of `tbl` whose key includes column `col` (valid or not, as asked).
 CREATE OR REPLACE FUNCTION dscsa._index_on(tbl regclass, col name, valid boolean) RETURNS name
     LANGUAGE sql STABLE STRICT PARALLEL SAFE
@@ -90,9 +97,9 @@ AS $$
 $$;
 
 -- Everything that would stop a column from being protected, as one message per line,
--- before anything changes. The column's own single-column UNIQUE constraint or plain
--- btree index is carried over to the blind index (so needs a blind-index key); every
--- other dependency is refused with its description.
+-- before anything changes. UNIQUE constraints and btree indexes that contain the column
+-- (alone or with other columns) are carried over to the blind-index column (so need a
+-- blind-index key); every other dependency is refused with its description and reason.
 CREATE OR REPLACE FUNCTION dscsa.protect_column_problems(tbl regclass, col name, blind_index_key text DEFAULT NULL)
     RETURNS SETOF text
     LANGUAGE plpgsql STABLE PARALLEL SAFE
@@ -102,6 +109,8 @@ DECLARE
     att pg_attribute;
     rel pg_class;
     d record;
+    con record;
+    why text;
 BEGIN
     SELECT * INTO rel FROM pg_class WHERE oid = tbl;
     SELECT * INTO att FROM pg_attribute
@@ -134,23 +143,27 @@ BEGIN
            AND dep.refobjsubid = att.attnum AND dep.deptype IN ('n', 'a')
     LOOP
         IF d.classid = 'pg_constraint'::regclass THEN
-            IF EXISTS (SELECT 1 FROM pg_constraint c
-                        WHERE c.oid = d.objid AND c.contype = 'u' AND c.conrelid = tbl
-                          AND c.conkey = ARRAY[att.attnum]
-                          AND NOT EXISTS (SELECT 1 FROM pg_constraint f
-                                           WHERE f.contype = 'f' AND f.conindid = c.conindid)) THEN
-                IF blind_index_key IS NULL THEN
+            SELECT c.contype, c.conrelid, c.conindid INTO con FROM pg_constraint c WHERE c.oid = d.objid;
+            IF con.contype IN ('u', 'p', 'x') THEN
+                why := dscsa._index_problem(tbl, con.conindid);
+                IF why IS NOT NULL THEN
+                    RETURN NEXT d.what || ' ' || why;
+                ELSIF blind_index_key IS NULL THEN
                     RETURN NEXT d.what || ' needs a blind index to be carried over: pass blind_index_key';
                 END IF;
+            ELSIF con.contype = 'f' AND con.conrelid = tbl THEN
+                RETURN NEXT d.what || ' compares the column with another table''s: a foreign key cannot compare encrypted values; drop it first (a trigger over the generated view can check it)';
+            ELSIF con.contype = 'f' THEN
+                RETURN NEXT d.what || ' of ' || con.conrelid::regclass::text || ' references the column: a foreign key cannot reference encrypted values; drop it first';
             ELSE
-                RETURN NEXT d.what || ' depends on the column (primary keys, foreign keys, CHECK and multi-column constraints cannot be carried over; drop or change it first)';
+                RETURN NEXT d.what || ' depends on the column (CHECK constraints and other expressions cannot be evaluated on encrypted values; drop or change it first)';
             END IF;
         ELSIF d.classid = 'pg_class'::regclass
-              AND EXISTS (SELECT 1 FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-                                      JOIN pg_am am ON am.oid = ic.relam
-                           WHERE i.indexrelid = d.objid AND i.indnatts = 1 AND i.indkey[0] = att.attnum
-                             AND i.indpred IS NULL AND i.indexprs IS NULL AND am.amname = 'btree') THEN
-            IF blind_index_key IS NULL THEN
+              AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indexrelid = d.objid) THEN
+            why := dscsa._index_problem(tbl, d.objid);
+            IF why IS NOT NULL THEN
+                RETURN NEXT d.what || ' ' || why;
+            ELSIF blind_index_key IS NULL THEN
                 RETURN NEXT d.what || ' needs a blind index to be carried over: pass blind_index_key';
             END IF;
         ELSIF d.classid = 'pg_trigger'::regclass
@@ -171,20 +184,116 @@ $$;
 COMMENT ON FUNCTION dscsa.protect_column_problems(regclass, name, text) IS
     'Why dscsa.protect_column() would refuse this column (no rows: it would proceed).';
 
--- The single-column UNIQUE constraint or btree index carried over to the blind index.
-CREATE OR REPLACE FUNCTION dscsa._carried_index(tbl regclass, col name,
-    OUT index_name name, OUT is_unique boolean, OUT is_constraint boolean)
+-- Why the index `idx` of `tbl` (which contains the protected column) cannot be carried
+-- over to the blind-index column, or NULL when it can: a btree index or UNIQUE
+-- constraint over plain columns with default operator classes, not partial.
+CREATE OR REPLACE FUNCTION dscsa._index_problem(tbl regclass, idx regclass) RETURNS text
     LANGUAGE sql STABLE STRICT PARALLEL SAFE
     SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT ic.relname, i.indisunique,
-           EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid AND c.contype = 'u')
+    SELECT CASE
+        WHEN i.indisprimary THEN
+            'is the primary key: a primary key cannot be carried over to a blind index; make another column the primary key first'
+        WHEN EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid AND c.contype = 'x') THEN
+            'is an exclusion constraint, which cannot be evaluated on encrypted values'
+        WHEN EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid AND c.contype = 'f') THEN
+            'is referenced by a foreign key, which cannot reference encrypted values; drop the foreign key first'
+        WHEN EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid AND c.contype = 'u' AND c.condeferrable) THEN
+            'is a deferrable constraint: make it NOT DEFERRABLE first'
+        WHEN am.amname <> 'btree' THEN
+            format('is a %s index: only btree indexes can be carried over to the blind index', am.amname)
+        WHEN i.indpred IS NOT NULL THEN
+            'is a partial index: its WHERE clause cannot be carried over; drop it, protect the column, then create it again with the blind-index column in place of the column'
+        WHEN i.indexprs IS NOT NULL OR 0 = ANY (i.indkey::int2[]) THEN
+            'is an expression index, which cannot be computed on encrypted values; drop it first'
+        WHEN EXISTS (SELECT 1 FROM unnest(i.indclass::oid[]) oc JOIN pg_opclass o ON o.oid = oc WHERE NOT o.opcdefault) THEN
+            'uses a non-default operator class; drop it, protect the column, then create it again'
+    END
       FROM pg_index i
       JOIN pg_class ic ON ic.oid = i.indexrelid
-      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attname = col
-     WHERE i.indrelid = tbl AND i.indnatts = 1 AND i.indkey[0] = a.attnum
-       AND i.indpred IS NULL AND i.indexprs IS NULL
-     LIMIT 1
+      JOIN pg_am am ON am.oid = ic.relam
+     WHERE i.indexrelid = idx AND i.indrelid = tbl
+$$;
+
+-- The indexes and UNIQUE constraints of `tbl` that contain column `col`, as carried over
+-- to the blind-index column (a JSON array: name, unique, constraint, nulls_not_distinct,
+-- keys [{column, desc, nulls_first}], include [columns]). Rebuilt from this description
+-- (never from stored SQL text) by dscsa._carried_index_ddl.
+CREATE OR REPLACE FUNCTION dscsa._carried_indexes(tbl regclass, col name) RETURNS jsonb
+    LANGUAGE sql STABLE STRICT PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(jsonb_agg(jsonb_build_object(
+               'name', ic.relname,
+               'unique', i.indisunique,
+               'constraint', EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid AND c.contype = 'u'),
+               'nulls_not_distinct', i.indnullsnotdistinct,
+               'keys', (SELECT jsonb_agg(jsonb_build_object('column', a.attname,
+                                                            'desc', (k.opt & 1) = 1,
+                                                            'nulls_first', (k.opt & 2) = 2) ORDER BY k.n)
+                          FROM unnest(i.indkey::int2[], i.indoption::int2[]) WITH ORDINALITY AS k(attnum, opt, n)
+                          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                         WHERE k.n <= i.indnkeyatts),
+               'include', (SELECT coalesce(jsonb_agg(a.attname ORDER BY k.n), '[]'::jsonb)
+                             FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
+                             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                            WHERE k.n > i.indnkeyatts))
+             ORDER BY ic.relname), '[]'::jsonb)
+      FROM pg_index i
+      JOIN pg_class ic ON ic.oid = i.indexrelid
+      JOIN pg_attribute c ON c.attrelid = i.indrelid AND c.attname = col
+     WHERE i.indrelid = tbl AND c.attnum = ANY (i.indkey::int2[])
+       AND dscsa._index_problem(tbl, i.indexrelid) IS NULL
+$$;
+
+-- The carried indexes of a registry row; a row written by 0.3.0 named at most one
+-- single-column index or UNIQUE constraint in carried_index.
+CREATE OR REPLACE FUNCTION dscsa._carried_list(r dscsa.protected_columns) RETURNS jsonb
+    LANGUAGE sql STABLE PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE
+        WHEN r.carried_indexes IS NOT NULL THEN r.carried_indexes
+        WHEN r.carried_index IS NOT NULL THEN jsonb_build_array(jsonb_build_object(
+            'name', r.carried_index, 'unique', coalesce(r.carried_unique, false),
+            'constraint', coalesce(r.carried_constraint, false), 'nulls_not_distinct', false,
+            'keys', jsonb_build_array(jsonb_build_object('column', r.column_name, 'desc', false, 'nulls_first', false)),
+            'include', '[]'::jsonb))
+        ELSE '[]'::jsonb END
+$$;
+
+-- Does a valid index of `tbl` have column `col` as its first key column?
+CREATE OR REPLACE FUNCTION dscsa._index_leads_with(tbl regclass, col name) RETURNS boolean
+    LANGUAGE sql STABLE STRICT PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attname = col
+                    WHERE i.indrelid = tbl AND i.indkey[0] = a.attnum AND i.indisvalid)
+$$;
+
+-- CREATE INDEX for a carried index `idx` named `index_name`, with column `col` replaced
+-- by `replacement` (the blind-index column when protecting; the column itself when
+-- restoring the original). Every name is quoted with %I.
+CREATE OR REPLACE FUNCTION dscsa._carried_index_ddl(tbl regclass, col name, replacement name, idx jsonb, index_name name)
+    RETURNS text
+    LANGUAGE sql STABLE STRICT PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT format('CREATE %sINDEX %I ON %s USING btree (%s)%s%s',
+        CASE WHEN (idx->>'unique')::boolean THEN 'UNIQUE ' ELSE '' END, index_name, tbl,
+        (SELECT string_agg(format('%I%s%s',
+                    CASE WHEN k->>'column' = col THEN replacement ELSE k->>'column' END,
+                    CASE WHEN (k->>'desc')::boolean THEN ' DESC' ELSE '' END,
+                    CASE WHEN (k->>'nulls_first')::boolean AND NOT (k->>'desc')::boolean THEN ' NULLS FIRST'
+                         WHEN NOT (k->>'nulls_first')::boolean AND (k->>'desc')::boolean THEN ' NULLS LAST'
+                         ELSE '' END), ', ' ORDER BY n)
+           FROM jsonb_array_elements(idx->'keys') WITH ORDINALITY AS e(k, n)),
+        CASE WHEN jsonb_array_length(idx->'include') > 0 THEN
+            format(' INCLUDE (%s)', (SELECT string_agg(format('%I',
+                    CASE WHEN c = col THEN replacement ELSE c END), ', ' ORDER BY n)
+                FROM jsonb_array_elements_text(idx->'include') WITH ORDINALITY AS e(c, n)))
+        ELSE '' END,
+        CASE WHEN (idx->>'nulls_not_distinct')::boolean THEN ' NULLS NOT DISTINCT' ELSE '' END)
 $$;
 
 CREATE OR REPLACE FUNCTION dscsa._raise_problems(tbl regclass, col name, blind_index_key text) RETURNS void
@@ -279,6 +388,7 @@ CREATE OR REPLACE FUNCTION dscsa._finish_protection(r dscsa.protected_columns) R
 AS $$
 DECLARE
     names record := dscsa._derived_names(r.relid, r.column_name);
+    carried jsonb;
 BEGIN
     IF r.blind_index_column IS NOT NULL THEN
         EXECUTE format(
@@ -286,14 +396,22 @@ BEGIN
              EXECUTE FUNCTION dscsa.blind_index_trigger(%L, %L, %L, %L, %L)',
             names.bidx_trigger, r.column_name, r.blind_index_column, r.relid,
             r.column_name, r.blind_index_column, r.blind_index_key, r.context, r.data_key);
-        IF dscsa._index_on(r.relid, r.blind_index_column, true) IS NULL THEN
-            EXECUTE format('CREATE %s INDEX %I ON %s (%I)',
-                CASE WHEN r.carried_unique THEN 'UNIQUE' ELSE '' END,
-                coalesce(r.carried_index, names.bidx_index), r.relid, r.blind_index_column);
-        END IF;
-        IF r.carried_constraint THEN
-            EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I UNIQUE USING INDEX %I',
-                r.relid, r.carried_index, dscsa._index_on(r.relid, r.blind_index_column, true));
+        -- Each carried index under its own name (online: built before the cutover and
+        -- renamed then; in place: built now), and its UNIQUE constraint.
+        FOR carried IN SELECT * FROM jsonb_array_elements(dscsa._carried_list(r)) LOOP
+            IF NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.relname = carried->>'name'
+                              AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = r.relid)) THEN
+                EXECUTE dscsa._carried_index_ddl(r.relid, r.column_name, r.blind_index_column, carried, carried->>'name');
+            END IF;
+            IF (carried->>'constraint')::boolean
+               AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conrelid = r.relid AND c.conname = carried->>'name') THEN
+                EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I UNIQUE USING INDEX %I',
+                    r.relid, carried->>'name', carried->>'name');
+            END IF;
+        END LOOP;
+        -- Lookups need an index that starts with the blind-index column.
+        IF NOT dscsa._index_leads_with(r.relid, r.blind_index_column) THEN
+            EXECUTE format('CREATE INDEX %I ON %s (%I)', names.bidx_index, r.relid, r.blind_index_column);
         END IF;
     END IF;
     r.state := 'protected';
@@ -314,7 +432,6 @@ AS $$
 DECLARE
     r dscsa.protected_columns;
     att pg_attribute;
-    carried record;
     data_key text := current_setting('dscsa.key_name');
 BEGIN
     IF mode IS NULL OR mode NOT IN ('in_place', 'online') THEN
@@ -353,6 +470,7 @@ BEGIN
     IF r.kind NOT IN ('generic', 'gtin', 'serial', 'lot', 'expiry') THEN
         RAISE EXCEPTION 'kind must be one of generic, gtin, serial, lot, expiry' USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    PERFORM dscsa._raise_gs1_problems(tbl, col, r.kind);
     r.context := coalesce(_protect_prepare.context, '');
     r.data_key := data_key;
     r.original_type := format_type(att.atttypid, att.atttypmod);
@@ -370,10 +488,7 @@ BEGIN
         IF EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = r.blind_index_column AND NOT a.attisdropped) THEN
             RAISE EXCEPTION 'column %.% already exists', tbl, r.blind_index_column USING ERRCODE = 'duplicate_column';
         END IF;
-        SELECT * INTO carried FROM dscsa._carried_index(tbl, col);
-        r.carried_index := carried.index_name;
-        r.carried_unique := coalesce(carried.is_unique, false);
-        r.carried_constraint := coalesce(carried.is_constraint, false);
+        r.carried_indexes := dscsa._carried_indexes(tbl, col);
     END IF;
     RETURN r;
 END
@@ -388,12 +503,17 @@ DECLARE
     names record := dscsa._derived_names(r.relid, r.column_name);
     plain text := dscsa._plaintext_expr(r.column_name,
         (SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = r.relid AND a.attname = r.column_name AND NOT a.attisdropped));
+    carried jsonb;
 BEGIN
-    IF r.carried_constraint THEN
-        EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', r.relid, r.carried_index);
-    ELSIF r.carried_index IS NOT NULL THEN
-        EXECUTE format('DROP INDEX %I.%I', names.schema_name, r.carried_index);
-    END IF;
+    -- The indexes and UNIQUE constraints that contain the column: rebuilt over the
+    -- blind-index column by _finish_protection, under their own names.
+    FOR carried IN SELECT * FROM jsonb_array_elements(dscsa._carried_list(r)) LOOP
+        IF (carried->>'constraint')::boolean THEN
+            EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', r.relid, carried->>'name');
+        ELSE
+            EXECUTE format('DROP INDEX %I.%I', names.schema_name, carried->>'name');
+        END IF;
+    END LOOP;
     IF r.blind_index_column IS NOT NULL THEN
         EXECUTE format('ALTER TABLE %s ADD COLUMN %I bytea', r.relid, r.blind_index_column);
         EXECUTE format(
@@ -607,6 +727,7 @@ AS $$
 DECLARE
     r dscsa.protected_columns := (SELECT p FROM dscsa.protected_columns p WHERE p.relid = job.tbl AND p.column_name = job.col);
     names record := dscsa._derived_names(job.tbl, job.col);
+    carried jsonb;
 BEGIN
     IF r.blind_index_column IS NOT NULL THEN
         IF dscsa._index_on(job.tbl, r.blind_index_column, false) IS NOT NULL THEN
@@ -614,10 +735,17 @@ BEGIN
                 USING ERRCODE = 'object_not_in_prerequisite_state',
                       HINT = 'A CREATE INDEX CONCURRENTLY failed; drop that index and call again.';
         END IF;
-        IF dscsa._index_on(job.tbl, r.blind_index_column, true) IS NULL THEN
-            EXECUTE format('CREATE %s INDEX %I ON %s (%I)',
-                CASE WHEN r.carried_unique THEN 'UNIQUE' ELSE '' END, names.bidx_index_building, job.tbl,
-                r.blind_index_column);
+        -- Every carried index, over the blind-index column in place of the column, under
+        -- a building name (the originals still exist until the cutover drops the column).
+        FOR carried IN SELECT * FROM jsonb_array_elements(dscsa._carried_list(r)) LOOP
+            IF NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.relname = dscsa._building_name(carried->>'name')
+                              AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = job.tbl)) THEN
+                EXECUTE dscsa._carried_index_ddl(job.tbl, job.col, r.blind_index_column, carried,
+                                                 dscsa._building_name(carried->>'name'));
+            END IF;
+        END LOOP;
+        IF NOT dscsa._index_leads_with(job.tbl, r.blind_index_column) THEN
+            EXECUTE format('CREATE INDEX %I ON %s (%I)', names.bidx_index_building, job.tbl, r.blind_index_column);
         END IF;
     END IF;
     job.phase := 'cutover';
@@ -634,6 +762,7 @@ AS $$
 DECLARE
     r dscsa.protected_columns := (SELECT p FROM dscsa.protected_columns p WHERE p.relid = job.tbl AND p.column_name = job.col);
     names record := dscsa._derived_names(job.tbl, job.col);
+    carried jsonb;
 BEGIN
     PERFORM dscsa._with_lock_retries(job.tbl, format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', job.tbl), 'the cutover');
     EXECUTE format('DROP TRIGGER %I ON %s', names.sync_trigger, job.tbl);
@@ -644,12 +773,18 @@ BEGIN
         EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', job.tbl, names.twin_check);
     END IF;
     -- (For a nullable column the check named the dropped column and went with it.)
-    IF r.blind_index_column IS NOT NULL AND EXISTS (
-           SELECT 1 FROM pg_class c
-            WHERE c.relname = names.bidx_index_building
-              AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = job.tbl)) THEN
-        EXECUTE format('ALTER INDEX %I.%I RENAME TO %I', names.schema_name, names.bidx_index_building,
-                       coalesce(r.carried_index, names.bidx_index));
+    -- Dropping the column dropped the original indexes and constraints; the ones built
+    -- over the blind-index column take their names.
+    FOR carried IN SELECT * FROM jsonb_array_elements(dscsa._carried_list(r)) LOOP
+        IF EXISTS (SELECT 1 FROM pg_class c WHERE c.relname = dscsa._building_name(carried->>'name')
+                      AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = job.tbl)) THEN
+            EXECUTE format('ALTER INDEX %I.%I RENAME TO %I', names.schema_name,
+                           dscsa._building_name(carried->>'name'), carried->>'name');
+        END IF;
+    END LOOP;
+    IF EXISTS (SELECT 1 FROM pg_class c WHERE c.relname = names.bidx_index_building
+                  AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = job.tbl)) THEN
+        EXECUTE format('ALTER INDEX %I.%I RENAME TO %I', names.schema_name, names.bidx_index_building, names.bidx_index);
     END IF;
     r.twin_column := NULL;
     r.next_block := NULL;
@@ -743,6 +878,7 @@ AS $$
 DECLARE
     r dscsa.protected_columns;
     original text;
+    carried jsonb;
 BEGIN
     SELECT * INTO r FROM dscsa.protected_columns p WHERE p.relid = tbl AND p.column_name = col;
     IF NOT FOUND OR r.state <> 'protected' THEN
@@ -761,13 +897,16 @@ BEGIN
     EXECUTE format('ALTER TABLE %1$s ALTER COLUMN %2$I TYPE %3$s USING dscsa.dscsa_decrypt(%2$I, %4$L)::%3$s',
         tbl, col, original, r.context);
     IF r.blind_index_column IS NOT NULL THEN
+        -- Drops the carried indexes and constraints with it; the originals come back
+        -- over the decrypted column, under their names.
         EXECUTE format('ALTER TABLE %s DROP COLUMN %I', tbl, r.blind_index_column);
-        IF r.carried_constraint THEN
-            EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I UNIQUE (%I)', tbl, r.carried_index, col);
-        ELSIF r.carried_index IS NOT NULL THEN
-            EXECUTE format('CREATE %s INDEX %I ON %s (%I)',
-                CASE WHEN r.carried_unique THEN 'UNIQUE' ELSE '' END, r.carried_index, tbl, col);
-        END IF;
+        FOR carried IN SELECT * FROM jsonb_array_elements(dscsa._carried_list(r)) LOOP
+            EXECUTE dscsa._carried_index_ddl(tbl, col, col, carried, carried->>'name');
+            IF (carried->>'constraint')::boolean THEN
+                EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I UNIQUE USING INDEX %I',
+                    tbl, carried->>'name', carried->>'name');
+            END IF;
+        END LOOP;
     END IF;
     PERFORM dscsa._registry('delete', tbl, col);
     PERFORM dscsa._audit_job_event('unprotect_column', 'finished',

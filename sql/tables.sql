@@ -71,7 +71,7 @@ CREATE TABLE dscsa.protected_columns (
     original_not_null   boolean NOT NULL,
     blind_index_column  name,
     blind_index_key     text,
-    -- name and uniqueness of the constraint or index carried over to the blind index
+    -- 0.3.0: name and uniqueness of the one constraint or index carried over
     carried_index       name,
     carried_unique      boolean,
     carried_constraint  boolean,
@@ -85,6 +85,9 @@ CREATE TABLE dscsa.protected_columns (
     started_at          timestamptz NOT NULL DEFAULT now(),
     protected_at        timestamptz,
     protected_by        name NOT NULL DEFAULT session_user,
+    -- the indexes and UNIQUE constraints carried over to the blind index, described
+    -- (dscsa._carried_indexes); 0.3.0 rows use carried_index and its two flags instead
+    carried_indexes     jsonb CHECK (jsonb_typeof(carried_indexes) = 'array'),
     PRIMARY KEY (relid, column_name),
     CHECK ((blind_index_column IS NULL) = (blind_index_key IS NULL))
 );

@@ -37,20 +37,78 @@ fn blind_index(value: &str, key_name: &str, kind_name: &str) -> Vec<u8> {
     active_blind_index(key_name, parse_kind(kind_name), value)
 }
 
-/// Blind indexes of `value` under every loaded version of `key_name`, active first:
-/// `WHERE col_bidx = ANY (dscsa.blind_index_candidates(...))` finds rows whichever
-/// version indexed them, and still uses a btree index on the column.
-#[pg_extern(sql = false)]
-fn blind_index_candidates(value: &str, key_name: &str, kind_name: &str) -> Vec<Vec<u8>> {
-    let kind = parse_kind(kind_name);
+/// The field kinds a lookup hashes with: one, or all of them for `any` (a generic column
+/// may hold envelopes of every kind, and the blind-index trigger hashes with the
+/// envelope's own kind).
+fn lookup_kinds(kind_name: &str) -> Vec<FieldKind> {
+    if kind_name == "any" {
+        FieldKind::ALL.to_vec()
+    } else {
+        vec![parse_kind(kind_name)]
+    }
+}
+
+/// Blind indexes of every value under every loaded version of `key_name` (active
+/// first) and every kind asked for.
+fn candidates_of<'a>(
+    values: impl Iterator<Item = &'a str>,
+    key_name: &str,
+    kind_name: &str,
+) -> Vec<Vec<u8>> {
+    let kinds = lookup_kinds(kind_name);
     crate::keyring::sync_with_keyring();
+    let values: Vec<&str> = values.collect();
     let mut out = Vec::new();
     keys::for_each_blind_key(key_name.as_bytes(), |id, key| {
-        audit::note(Op::BlindIndex, id, kind, b"");
-        out.push(key.compute(id, kind, value))
+        for &kind in &kinds {
+            audit::note(Op::BlindIndex, id, kind, b"");
+            for value in &values {
+                out.push(key.compute(id, kind, value));
+            }
+        }
     })
     .or_raise();
     out
+}
+
+/// Blind indexes of `value` under every loaded version of `key_name`, active first:
+/// `WHERE col_bidx = ANY (dscsa.blind_index_candidates(...))` finds rows whichever
+/// version indexed them, and still uses a btree index on the column. Kind `any`: under
+/// every field kind too (what the planner asks for a generic column, src/lookup.rs).
+#[pg_extern(sql = false)]
+fn blind_index_candidates(value: &str, key_name: &str, kind_name: &str) -> Vec<Vec<u8>> {
+    candidates_of(std::iter::once(value), key_name, kind_name)
+}
+
+/// As `blind_index_candidates`, for each value of an IN list (NULLs match nothing).
+#[pg_extern(sql = false)]
+fn blind_index_candidates_array<'a>(
+    values: pgrx::Array<'a, &'a str>,
+    key_name: &str,
+    kind_name: &str,
+) -> Vec<Vec<u8>> {
+    candidates_of(values.iter().flatten(), key_name, kind_name)
+}
+
+/// Blind-index versions a partition-pruned lookup covers (src/lookup.rs): the planner
+/// spells the candidates as this many slots per field kind, each a separate expression
+/// that partition pruning can evaluate.
+pub(crate) const VERSION_SLOTS: usize = 4;
+
+/// The `slot`-th (from 1) of `blind_index_candidates(value, key_name, kind_name)`, or NULL
+/// past the last. Refuses (22023) when the candidates do not fit in the slots, so that a
+/// lookup never silently misses rows indexed under a version it did not ask for.
+#[pg_extern(sql = false)]
+fn blind_index_slot(value: &str, key_name: &str, kind_name: &str, slot: i32) -> Option<Vec<u8>> {
+    let all = candidates_of(std::iter::once(value), key_name, kind_name);
+    let slots = VERSION_SLOTS * lookup_kinds(kind_name).len();
+    if all.len() > slots {
+        crate::error::raise(Error::InvalidArgument(format!(
+            "more than {VERSION_SLOTS} versions of blind-index key \"{key_name}\" are loaded: finish the rotation with dscsa.reindex_blind and unload the old versions (a partition-pruned lookup covers {VERSION_SLOTS})"
+        )));
+    }
+    let slot = usize::try_from(slot).ok()?.checked_sub(1)?;
+    all.into_iter().nth(slot)
 }
 
 /// The normalized form the blind index hashes (for tests and for comparing a request

@@ -27,6 +27,9 @@ pub(crate) fn seal_varlena(
     plaintext: &[u8],
 ) -> Result<pg_sys::Datum> {
     keyring::sync_with_keyring();
+    // GS1 fields are validated, and a GTIN stored as GTIN-14, where they enter.
+    let canonical = crate::gs1::checked_plaintext(kind, plaintext)?;
+    let plaintext = canonical.as_deref().map_or(plaintext, |c| &c[..]);
     check_plaintext(plaintext)?;
     check_context(context)?;
     let nonce = keys::next_nonce()?;

@@ -76,6 +76,9 @@ fn hint(err: &Error) -> Option<String> {
             "Keys must be confirmed by the KMS every dscsa.key_cache_max_ttl; once the KMS answers again (dscsa.kms_status), the next statement unwraps the key again."
                 .into(),
         ),
+        Error::Gs1(_) => Some(
+            "Count the rows that break each rule with dscsa.gs1_problems(table, column, kind); a superuser can SET dscsa.gs1_validation = off to store legacy values as they are.".into(),
+        ),
         Error::Kms(_) | Error::KeyCheckFailed(_) => Some(
             "Check dscsa.kms_command and the hook's own log; the protocol is in docs/KMS.md.".into(),
         ),

@@ -7,6 +7,10 @@
 //! - the audit trail's settings `dscsa.audit*` and `dscsa.alert_*` (docs/AUDIT.md,
 //!   "Settings"): superuser or server-wide only; every change of a session-settable one
 //!   is itself recorded in the trail (src/audit/mod.rs, `setting_changed`).
+//! - `dscsa.blind_index_rewrite` (any user): transparent blind-index lookups
+//!   (src/lookup.rs).
+//! - `dscsa.gs1_validation` (superuser only, recorded like the audit settings) and
+//!   `dscsa.identifier_index_key` (any user): docs/GS1.md.
 
 use std::ffi::{c_char, c_void, CStr, CString};
 
@@ -48,6 +52,13 @@ pub static AUDIT_FORWARD_TO: GucSetting<Option<CString>> = GucSetting::<Option<C
 pub static AUDIT_ORIGIN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static ALERT_COMMAND: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static ALERT_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(60);
+/// Off stores GS1 fields as given, for legacy data (src/gs1.rs).
+pub static GS1_VALIDATION: GucSetting<bool> = GucSetting::<bool>::new(true);
+/// Transparent blind-index lookups (src/lookup.rs).
+pub static BLIND_INDEX_REWRITE: GucSetting<bool> = GucSetting::<bool>::new(true);
+/// The blind-index key of `dscsa.identifier_index` (src/gs1.rs).
+pub static IDENTIFIER_INDEX_KEY: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"identifier"));
 
 /// Check hooks of the session-settable audit settings: they accept every value the GUC
 /// machinery validated and record the change (which only a superuser can make).
@@ -96,6 +107,41 @@ recording_check_hook!(
         }
     }
 );
+
+recording_check_hook!(check_gs1_validation, "dscsa.gs1_validation", bool, on_off);
+
+fn define_gs1_gucs() {
+    // SAFETY: the check hook is #[pg_guard]ed and only reads its arguments.
+    unsafe {
+        GucRegistry::define_bool_guc_with_hooks(
+            c"dscsa.gs1_validation",
+            c"Check GTIN, serial, lot and expiry against the GS1 rules where they are encrypted.",
+            c"Off stores legacy values as they are (superuser only; every change is recorded in the audit trail).",
+            &GS1_VALIDATION,
+            GucContext::Suset,
+            GucFlags::default(),
+            Some(check_gs1_validation),
+            None,
+            None,
+        );
+    }
+    GucRegistry::define_bool_guc(
+        c"dscsa.blind_index_rewrite",
+        c"Let equality comparisons of decrypted protected columns use their blind index.",
+        c"The planner adds the blind-index condition a comparison implies and keeps the comparison as a recheck (docs/BLIND_INDEX.md, \"Transparent lookups\"). Off plans queries as written.",
+        &BLIND_INDEX_REWRITE,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"dscsa.identifier_index_key",
+        c"Blind-index key that dscsa.identifier_index() uses.",
+        c"The session must have loaded it with dscsa.load_key() and hold blind_index on it.",
+        &IDENTIFIER_INDEX_KEY,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+}
 
 fn define_audit_gucs() {
     // SAFETY: the hooks are #[pg_guard]ed and only read their arguments.
@@ -303,6 +349,7 @@ static mut KEY_NAME: *mut c_char = std::ptr::null_mut();
 
 pub fn init() {
     define_audit_gucs();
+    define_gs1_gucs();
     GucRegistry::define_string_guc(
         c"dscsa.kms_command",
         c"Command that wraps and unwraps pg_dscsa data keys (the KMS hook).",

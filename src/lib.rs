@@ -15,6 +15,7 @@ mod breaker;
 mod crypto;
 mod error;
 mod fmgr;
+mod gs1;
 mod guc;
 mod hooks;
 mod integrity;
@@ -23,6 +24,7 @@ mod keyring;
 mod keys;
 mod kms;
 mod kms_status;
+mod lookup;
 mod owner;
 mod readonly;
 mod registry;
@@ -58,11 +60,8 @@ extension_sql_file!(
     name = "blind_index",
     requires = ["kms"]
 );
-extension_sql_file!(
-    "../sql/protect.sql",
-    name = "protect",
-    requires = ["blind_index"]
-);
+extension_sql_file!("../sql/gs1.sql", name = "gs1", requires = ["blind_index"]);
+extension_sql_file!("../sql/protect.sql", name = "protect", requires = ["gs1"]);
 extension_sql_file!(
     "../sql/rewrite.sql",
     name = "rewrite",
@@ -86,6 +85,7 @@ pub extern "C-unwind" fn _PG_init() {
     keys::init();
     rotation::init();
     hooks::init();
+    lookup::init();
 }
 
 /// In-backend tests live in pgrx-tests/ (they compile into the extension under the

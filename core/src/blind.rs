@@ -23,6 +23,7 @@ use zeroize::Zeroizing;
 use crate::cipher::KEY_LEN;
 use crate::envelope::FieldKind;
 use crate::error::{Error, Result};
+use crate::gs1::Gs1Error;
 
 const DOMAIN: &[u8] = b"pg_dscsa blind index 1\0";
 /// Shortest truncation allowed: 8 bytes (64 bits). See docs/BLIND_INDEX.md for choosing.
@@ -69,21 +70,70 @@ impl BlindIndexKey {
     /// The blind index of `value` (already normalized by the caller or not: this
     /// normalizes it) under this key version.
     pub fn compute(&self, key_id: u32, kind: FieldKind, value: &str) -> Vec<u8> {
-        let normalized = normalize(kind, value);
+        self.mac(key_id, kind as u8, normalize(kind, value).as_bytes())
+    }
+
+    /// The product-identifier blind index of one unit: the HMAC of its canonical pair
+    /// (GTIN-14, serial number), so that DSCSA's rule "a serial is unique within its GTIN"
+    /// can be a UNIQUE constraint on encrypted data and every spelling of the unit finds
+    /// it. Take the pair from [`identifier_pair`] or [`crate::gs1::parse_identifier`].
+    /// The GTIN-14 is always 14 digits, so `gtin14 || serial` is unambiguous.
+    pub fn compute_identifier(&self, key_id: u32, pair: &IdentifierPair) -> Vec<u8> {
+        let mut input = Vec::with_capacity(14 + pair.serial.len());
+        input.extend_from_slice(pair.gtin14.as_bytes());
+        input.extend_from_slice(pair.serial.as_bytes());
+        self.mac(key_id, IDENTIFIER_PAIR, &input)
+    }
+
+    /// `key id || HMAC(key, DOMAIN || kind byte || input)[..length]`.
+    fn mac(&self, key_id: u32, kind_byte: u8, input: &[u8]) -> Vec<u8> {
         // new_from_slice accepts any key length for HMAC; 32 bytes never fails.
         let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(&self.key[..]) {
             Ok(m) => m,
             Err(_) => unreachable!("HMAC accepts keys of any length"),
         };
         mac.update(DOMAIN);
-        mac.update(&[kind as u8]);
-        mac.update(normalized.as_bytes());
+        mac.update(&[kind_byte]);
+        mac.update(input);
         let tag = mac.finalize().into_bytes();
         let mut out = Vec::with_capacity(PREFIX_LEN + self.length);
         out.extend_from_slice(&key_id.to_be_bytes());
         out.extend_from_slice(&tag[..self.length]);
         out
     }
+}
+
+/// The kind byte of a product-identifier pair in the HMAC input: outside the envelope's
+/// field kinds (0-4), so that a pair never shares an index value with a single field.
+pub const IDENTIFIER_PAIR: u8 = 0x10;
+
+/// One unit's canonical product identifier: GTIN-14 and decoded serial number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentifierPair {
+    pub gtin14: String,
+    pub serial: String,
+}
+
+/// The canonical pair of a GTIN (8, 12, 13 or 14 digits with a correct check digit) and
+/// a serial number (1-20 characters of CSET 82). Always validated: an index over invalid
+/// identifiers would not find the unit by its other spellings.
+pub fn identifier_pair(gtin: &str, serial: &str) -> std::result::Result<IdentifierPair, Gs1Error> {
+    let gtin14 = crate::gs1::gtin14(gtin)?;
+    crate::gs1::cset82(serial, crate::gs1::Field::Serial)?;
+    Ok(IdentifierPair {
+        gtin14,
+        serial: serial.to_owned(),
+    })
+}
+
+/// The canonical pair of a unit written in any spelling [`crate::gs1::parse_identifier`]
+/// reads; the spelling must carry a serial number.
+pub fn identifier_pair_of(text: &str) -> std::result::Result<IdentifierPair, Gs1Error> {
+    let pi = crate::gs1::parse_identifier(text)?;
+    Ok(IdentifierPair {
+        gtin14: pi.gtin14,
+        serial: pi.serial.ok_or(Gs1Error::NoSerial)?,
+    })
 }
 
 /// The key id a blind index value was computed under.

@@ -106,6 +106,9 @@ pub enum Error {
     KeyCheckFailed(u32),
     #[error("{0}")]
     InvalidArgument(String),
+    /// A GS1 rule an identifier breaks; names the rule, never the value.
+    #[error("GS1 validation failed: {0}")]
+    Gs1(#[from] crate::gs1::Gs1Error),
     #[error("decrypted value is not valid in the database encoding")]
     InvalidTextEncoding,
     #[error("permission denied to use key \"{key}\" to {privilege}")]
@@ -156,7 +159,7 @@ impl Error {
             }
             Error::UnknownKey(_) => SqlState::UndefinedObject,
             Error::KeyCheckFailed(_) => SqlState::ExternalRoutineException,
-            Error::InvalidArgument(_) => SqlState::InvalidParameterValue,
+            Error::InvalidArgument(_) | Error::Gs1(_) => SqlState::InvalidParameterValue,
             Error::InvalidTextEncoding => SqlState::CharacterNotInRepertoire,
             Error::KeyPermissionDenied { .. }
             | Error::KeyLoadedByOtherRole(_)
@@ -188,6 +191,7 @@ mod tests {
             (Error::KeyVersionNotLoaded(1), "55000"),
             (Error::UnknownKey("k".into()), "42704"),
             (Error::InvalidArgument("x".into()), "22023"),
+            (Error::Gs1(crate::gs1::Gs1Error::GtinCheckDigit), "22023"),
             (
                 Error::KeyPermissionDenied {
                     key: "k".into(),

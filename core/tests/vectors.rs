@@ -214,3 +214,43 @@ fn blind_index_md_vectors() {
         assert_eq!(k.compute(key_id, kind, value), hex(expected), "{value:?}");
     }
 }
+
+/// docs/BLIND_INDEX.md product-identifier vectors (docs/vectors.py): the pair is taken
+/// from the spelling, so the parser's canonical form is covered too.
+#[test]
+fn identifier_index_vectors() {
+    use dscsa_core::blind::{identifier_pair, identifier_pair_of, BlindIndexKey};
+    let cases: [(&str, u32, &str, &str); 2] = [
+        (
+            "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+            3,
+            "(01)00300010123455(21)SN1",
+            "000000035ff27f20d68a99f913bdf20914023c08",
+        ),
+        (
+            "4242424242424242424242424242424242424242424242424242424242424242",
+            5,
+            "urn:epc:id:sgtin:0614141.812345.6789%2F%26",
+            "000000052dad7bc2733b0a16825af4945572eba9",
+        ),
+    ];
+    for (key, key_id, spelling, expected) in cases {
+        let k = BlindIndexKey::from_bytes(&hex(key), 16).expect("key");
+        let pair = identifier_pair_of(spelling).expect("parses");
+        assert_eq!(
+            k.compute_identifier(key_id, &pair),
+            hex(expected),
+            "{spelling}"
+        );
+    }
+    // The same unit from separate fields, GTIN-12 and Digital Link spellings.
+    let k = BlindIndexKey::from_bytes(&hex(cases[0].0), 16).expect("key");
+    let expected = hex(cases[0].3);
+    for pair in [
+        identifier_pair("300010123455", "SN1").expect("fields"),
+        identifier_pair_of("https://example.org/01/00300010123455/21/SN1").expect("dl"),
+        identifier_pair_of("]d2010030001012345521SN1").expect("scanner"),
+    ] {
+        assert_eq!(k.compute_identifier(3, &pair), expected);
+    }
+}

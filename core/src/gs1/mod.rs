@@ -7,8 +7,9 @@
 //! General Specifications, the GS1 Digital Link standard and the EPC Tag Data Standard
 //! define them (the test vectors in tests.rs follow their worked examples).
 //!
-//! Not yet wired into SQL (issue 10): this is the pure-Rust core the SQL validation,
-//! `dscsa.parse_identifier` and the product-identifier blind index will call.
+//! The SQL layer calls [`canonical_field`] where identifiers enter (`dscsa_encrypt_gtin`
+//! and its siblings, `dscsa.gs1_problems`), [`parse_identifier`] for
+//! `dscsa.parse_identifier` and `dscsa.identifier_index`.
 //!
 //! Errors name the rule that failed, never the value: an identifier is regulated data.
 
@@ -17,7 +18,11 @@ mod element;
 mod epc;
 mod rules;
 
-pub use rules::{check_digit_ok, cset82, expiry, gtin14, Field};
+use std::borrow::Cow;
+
+use crate::envelope::FieldKind;
+
+pub use rules::{check_digit_ok, cset82, current_year, expiry, expiry_field, gtin14, Field};
 
 /// One unit (or lot) as the GS1 data it carries, canonical: GTIN-14, decoded serial and
 /// lot, expiry as YYMMDD.
@@ -40,7 +45,7 @@ pub enum Gs1Error {
     Length(Field),
     #[error("{0} has a character outside GS1 character set 82")]
     Charset(Field),
-    #[error("expiry must be six digits YYMMDD")]
+    #[error("expiry must be six digits YYMMDD (a date column: YYYY-MM-DD)")]
     ExpiryFormat,
     #[error("expiry month must be 01 to 12")]
     ExpiryMonth,
@@ -60,6 +65,8 @@ pub enum Gs1Error {
     Epc(&'static str),
     #[error("no GTIN (AI 01) in the identifier")]
     NoGtin,
+    #[error("no serial number (AI 21) in the identifier")]
+    NoSerial,
     #[error(
         "not a recognised GS1 identifier spelling (element string, Digital Link URI or EPC URN)"
     )]
@@ -92,6 +99,21 @@ pub fn parse_identifier_at(text: &str, year: i32) -> Result<ProductIdentifier> {
         return Err(Gs1Error::Unrecognised);
     };
     finish(parsed, year)
+}
+
+/// Checks one DSCSA field where it enters the database and returns the form that is
+/// stored: a GTIN-8/12/13/14 with a correct check digit becomes GTIN-14; a serial number or
+/// lot must be 1 to 20 characters of CSET 82; an expiry must be YYMMDD with a real month and
+/// a real day (or day 00), or the ISO date a `date` column is written as. Generic values
+/// are not GS1 data and pass unchanged.
+pub fn canonical_field(kind: FieldKind, value: &str, year: i32) -> Result<Cow<'_, str>> {
+    match kind {
+        FieldKind::Gtin => gtin14(value).map(Cow::Owned),
+        FieldKind::Serial => cset82(value, Field::Serial).map(|()| Cow::Borrowed(value)),
+        FieldKind::Lot => cset82(value, Field::Lot).map(|()| Cow::Borrowed(value)),
+        FieldKind::Expiry => expiry_field(value, year).map(|()| Cow::Borrowed(value)),
+        FieldKind::Generic => Ok(Cow::Borrowed(value)),
+    }
 }
 
 /// Validates and canonicalizes what a spelling's parser found.

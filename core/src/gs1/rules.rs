@@ -113,17 +113,43 @@ pub fn expiry(value: &str, now_year: i32) -> Result<()> {
     if !(1..=12).contains(&mm) {
         return Err(Gs1Error::ExpiryMonth);
     }
-    let year = full_year(yy, now_year);
-    let days = match mm {
+    if dd > days_in_month(full_year(yy, now_year), mm) {
+        return Err(Gs1Error::ExpiryDay);
+    }
+    Ok(())
+}
+
+/// An expiry as it reaches the database: GS1 YYMMDD (see [`expiry`]), or the ISO
+/// YYYY-MM-DD in which pg_dscsa writes a `date` column's value (a real date; no day 00).
+pub fn expiry_field(value: &str, now_year: i32) -> Result<()> {
+    let b = value.as_bytes();
+    let iso_shape = b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+    if !iso_shape {
+        return expiry(value, now_year);
+    }
+    let n = |r: std::ops::Range<usize>| value[r].parse::<i32>().unwrap_or(-1);
+    let (year, mm, dd) = (n(0..4), n(5..7), n(8..10));
+    if !(1..=12).contains(&mm) {
+        return Err(Gs1Error::ExpiryMonth);
+    }
+    if dd < 1 || dd > days_in_month(year, mm) {
+        return Err(Gs1Error::ExpiryDay);
+    }
+    Ok(())
+}
+
+fn days_in_month(year: i32, mm: i32) -> i32 {
+    match mm {
         2 if leap(year) => 29,
         2 => 28,
         4 | 6 | 9 | 11 => 30,
         _ => 31,
-    };
-    if dd > days {
-        return Err(Gs1Error::ExpiryDay);
     }
-    Ok(())
 }
 
 /// The current year (UTC), for the expiry's century window.

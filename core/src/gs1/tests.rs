@@ -297,3 +297,41 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn fields_are_checked_and_canonical_where_they_enter() {
+    use crate::envelope::FieldKind::*;
+    let ok = |k, v: &str| canonical_field(k, v, 2026).map(|c| c.into_owned());
+    assert_eq!(ok(Gtin, "300010123455"), Ok("00300010123455".into()));
+    assert_eq!(ok(Gtin, "12345670"), Ok("00000012345670".into()));
+    assert_eq!(ok(Gtin, "abc"), Err(Gs1Error::GtinLength));
+    assert_eq!(ok(Gtin, " 00300010123455"), Err(Gs1Error::GtinLength));
+    assert_eq!(ok(Gtin, "00300010123454"), Err(Gs1Error::GtinCheckDigit));
+    assert_eq!(ok(Serial, "SN(1)/x"), Ok("SN(1)/x".into()));
+    assert_eq!(ok(Serial, ""), Err(Gs1Error::Length(Field::Serial)));
+    assert_eq!(
+        ok(Serial, "123456789012345678901"),
+        Err(Gs1Error::Length(Field::Serial))
+    );
+    assert_eq!(ok(Lot, "L 1"), Err(Gs1Error::Charset(Field::Lot)));
+    assert_eq!(ok(Lot, "LÖT"), Err(Gs1Error::Charset(Field::Lot)));
+    assert_eq!(ok(Expiry, "260331"), Ok("260331".into()));
+    assert_eq!(ok(Expiry, "260200"), Ok("260200".into()), "day 00");
+    assert_eq!(ok(Expiry, "261301"), Err(Gs1Error::ExpiryMonth));
+    assert_eq!(ok(Expiry, "270229"), Err(Gs1Error::ExpiryDay));
+    assert_eq!(
+        ok(Expiry, "280229"),
+        Ok("280229".into()),
+        "2028 is a leap year"
+    );
+    assert_eq!(
+        ok(Expiry, "2026-03-31"),
+        Ok("2026-03-31".into()),
+        "a date column"
+    );
+    assert_eq!(ok(Expiry, "2026-04-31"), Err(Gs1Error::ExpiryDay));
+    assert_eq!(ok(Expiry, "2026-04-00"), Err(Gs1Error::ExpiryDay));
+    assert_eq!(ok(Expiry, "2026-13-01"), Err(Gs1Error::ExpiryMonth));
+    assert_eq!(ok(Expiry, "26-03-31"), Err(Gs1Error::ExpiryFormat));
+    assert_eq!(ok(Generic, "anything at all"), Ok("anything at all".into()));
+}

@@ -270,6 +270,16 @@ pub fn count(c: &mut Client, sql: &str) -> i64 {
         .get(0)
 }
 
+/// The plan of `sql` as `EXPLAIN (options) sql` prints it, one string.
+pub fn explain(c: &mut Client, options: &str, sql: &str) -> String {
+    c.query(&format!("EXPLAIN ({options}) {sql}"), &[])
+        .unwrap_or_else(|e| panic!("EXPLAIN {sql}: {e}"))
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// A session of `user` with dscsa.key_name = 'k' set and `keys` loaded.
 pub fn session_with_keys(db: &str, user: &str, keys: &[&str]) -> Client {
     let mut c = connect(db, user);

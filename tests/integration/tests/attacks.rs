@@ -68,7 +68,7 @@ fn registry_rows_cannot_be_forged_and_key_usage_runs_no_ones_code() {
     // Through the registry's own entry point: the view is refused (not a plain table).
     let forged = "SELECT dscsa._registry('save', 'adm.bait', 'v',
                     ROW('adm.bait'::regclass, 'v', 'generic', '', 'k', 'text', 2, false, NULL, NULL, NULL, NULL, NULL,
-                        'in_place', 'protected', NULL, NULL, NULL, 0, NULL, now(), now(), 'x')::dscsa.protected_columns)";
+                        'in_place', 'protected', NULL, NULL, NULL, 0, NULL, now(), now(), 'x', NULL)::dscsa.protected_columns)";
     assert_eq!(sqlstate(adm.execute(forged, &[])), "42809");
     // A row a superuser forged (superusers bypass every privilege) is not followed either.
     su.batch_execute(
@@ -349,9 +349,11 @@ fn implicit_loads_never_outlive_the_sessions_own_scope() {
     // After an explicit session load, implicit loads are session-scoped, until
     // DISCARD ALL or RESET ALL unload everything.
     for reset in ["DISCARD ALL", "RESET ALL"] {
+        // A lot is CSET 82: no space.
+        let lot = format!("after-{}", reset.replace(' ', "-"));
         w.batch_execute(&format!(
             "SET dscsa.key_name = 'k'; SELECT dscsa.load_key('k');
-             INSERT INTO batch SELECT coalesce(max(id), 0) + 1, dscsa_encrypt_lot('after {reset}') FROM batch;"
+             INSERT INTO batch SELECT coalesce(max(id), 0) + 1, dscsa_encrypt_lot('{lot}') FROM batch;"
         ))
         .expect("session work");
         assert_eq!(count(&mut w, "SELECT count(*) FROM dscsa.loaded_keys()"), 2);

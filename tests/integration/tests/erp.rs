@@ -310,7 +310,10 @@ fn protection_is_refused_with_reasons_before_anything_changes() {
         ("'unit', 'serial'", "needs a blind index"),
         ("'unit', 'lot_id'", "is of type integer"),
         ("'shipment', 'gln'", "has a default"),
-        ("'shipment', 'sscc'", "shipment_multi depends on the column"),
+        (
+            "'shipment', 'sscc'",
+            "shipment_multi needs a blind index to be carried over",
+        ),
         ("'unit', 'nosuch'", "does not exist"),
     ];
     for (args, reason) in cases {

@@ -645,11 +645,58 @@ fn vrs_example_answers_each_gs1_reason() {
     );
     let (verified, _) = ask(&mut c, "00300010123455", "SN1", "B1", "270228");
     assert!(!verified);
-    // The lookup is an index scan on the blind index.
-    c.batch_execute("SET enable_seqscan = off").expect("s");
+    // Any spelling that carries the four fields: element string, scanner string, Digital Link.
+    let ask_one = |c: &mut postgres::Client, identifier: &str| -> (bool, Option<String>) {
+        let r = c
+            .query_one("SELECT * FROM vrs.verify($1)", &[&identifier])
+            .unwrap_or_else(|e| panic!("{identifier}: {e}"));
+        (r.get(0), r.get(1))
+    };
+    for spelling in [
+        "(01)00300010123455(17)260331(10)A0(21)SN30",
+        "]d2010030001012345517260331\u{1d}10A0\u{1d}21SN30",
+        "https://id.example.org/01/00300010123455/10/A0/21/SN30?17=260331",
+    ] {
+        assert_eq!(ask_one(&mut c, spelling), (true, None), "{spelling:?}");
+    }
+    assert_eq!(
+        ask_one(&mut c, "(01)00300010123455(17)260331(10)A9(21)SN30")
+            .1
+            .as_deref(),
+        Some("No_match_GTIN_Serial_Lot")
+    );
+    // A GTIN with a wrong check digit identifies no unit.
+    assert_eq!(
+        ask(&mut c, "00300010123454", "SN30", "A0", "260331")
+            .1
+            .as_deref(),
+        Some("No_match_GTIN_Serial")
+    );
+    // Commissioning from a scan, then verifying it; the same unit again is refused.
+    c.query_one(
+        "SELECT vrs.commission('(01)09520123456788(17)280200(10)L9(21)NEW/1')",
+        &[],
+    )
+    .expect("commission");
+    assert_eq!(
+        ask(&mut c, "9520123456788", "NEW/1", "L9", "280229"),
+        (true, None),
+        "GTIN-13 spelling; 280200 stored as the month's last day"
+    );
+    assert_eq!(
+        pg_dscsa_itest::sqlstate(c.query_one(
+            "SELECT vrs.commission('https://example.com/01/09520123456788/10/L9/21/NEW%2F1?17=280200')",
+            &[]
+        )),
+        "23505",
+        "serial unique within its GTIN"
+    );
+    // The lookup is one probe of the product-identifier index.
+    c.batch_execute("SET enable_seqscan = off; SET dscsa.identifier_index_key = 'vrs_bidx'")
+        .expect("s");
     let plan: Vec<String> = c
         .query(
-            "EXPLAIN SELECT 1 FROM vrs.product_units u WHERE u.serial_bidx = ANY (dscsa.blind_index_candidates('SN30', 'vrs_bidx', 'serial'))",
+            "EXPLAIN SELECT 1 FROM vrs.product_units u WHERE u.pi = ANY (dscsa.identifier_index_candidates('urn:epc:id:sgtin:0300010.012345.SN30'))",
             &[],
         )
         .expect("plan")
@@ -657,7 +704,7 @@ fn vrs_example_answers_each_gs1_reason() {
         .map(|r| r.get(0))
         .collect();
     assert!(
-        plan.iter().any(|l| l.contains("product_units_serial_bidx")),
+        plan.iter().any(|l| l.contains("product_units_pi_key")),
         "{plan:?}"
     );
 }

@@ -218,6 +218,27 @@ fn attempt(db: &str, su: &mut Client, action: &str, login: &str, i: usize) -> Ou
             &mut connect("dscsa_audit", login),
             "SELECT dscsa.audit_ingest('[]')",
         ),
+        "parse_identifier" => run(
+            &mut c,
+            "SELECT * FROM dscsa.parse_identifier('(01)00300010123455(21)SN1');
+             SELECT dscsa.gs1_violation('x', 'gtin');",
+        ),
+        "identifier_index" => {
+            load_what_it_can(&mut c);
+            run(
+                &mut c,
+                "SET dscsa.identifier_index_key = 'bk';
+                 SELECT dscsa.identifier_index('00300010123455', 'SN1');",
+            )
+        }
+        "gs1_problems" => run(
+            &mut c,
+            "SELECT * FROM dscsa.gs1_problems('dscsa.protected_columns', 'column_name', 'lot')",
+        ),
+        "gs1_validation_off" => run(
+            &mut c,
+            "SET dscsa.gs1_validation = off; RESET dscsa.gs1_validation;",
+        ),
         other => panic!("docs/SECURITY.md names action `{other}`, which this test does not know"),
     }
 }

@@ -4,8 +4,8 @@
 //! installs the archived installation scripts (sql/archive/) for this.
 
 use pg_dscsa_itest::{
-    connect, count, create_test_roles, empty_db, search_path, session_with_keys, sqlstate, ADMIN,
-    READER, WRITER,
+    connect, count, create_test_roles, empty_db, explain, search_path, session_with_keys, sqlstate,
+    ADMIN, READER, WRITER,
 };
 use postgres::Client;
 
@@ -220,6 +220,38 @@ fn update_from_0_2_0_closes_the_holes_and_keeps_roles_working() {
     );
     assert_eq!(
         count(&mut r, "SELECT count(*) FROM lot WHERE lot_number_bidx = dscsa.blind_index('L500', 'legacy_bidx', 'lot')"),
+        1
+    );
+}
+
+/// 0.4.0 on a 0.3.0 installation: the GS1 functions arrive, and columns protected by
+/// 0.3.0 get transparent blind-index lookups without being touched.
+#[test]
+fn update_from_0_3_0_adds_gs1_identifiers_and_transparent_lookups() {
+    let (_db, mut old) = update_from("0.3.0");
+    old.batch_execute("SELECT dscsa.load_key('legacy_bidx')")
+        .expect("blind-index key");
+    let plan = explain(
+        &mut old,
+        "COSTS OFF",
+        "SELECT id FROM lot_plain WHERE lot_number = 'L7'",
+    );
+    assert!(
+        plan.contains("lot_number_bidx = ANY (") && plan.contains("Index"),
+        "{plan}"
+    );
+    assert_eq!(
+        count(
+            &mut old,
+            "SELECT count(*) FROM lot_plain WHERE lot_number = 'L7'"
+        ),
+        1
+    );
+    assert_eq!(
+        count(
+            &mut old,
+            "SELECT count(*) FROM dscsa.parse_identifier('urn:epc:id:sgtin:0614141.812345.6789') WHERE gtin14 = '80614141123458'"
+        ),
         1
     );
 }

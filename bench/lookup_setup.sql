@@ -1,0 +1,37 @@
+-- Transparent-lookup benchmark data (issue 10): :rows units protected with a blind index
+-- and read through the generated view by the application's unchanged query, and the same
+-- units in a plaintext table with a unique index on serial as the baseline.
+\set ON_ERROR_STOP 1
+\if :{?rows} \else \set rows 1000000 \endif
+SET search_path = public;
+SET client_min_messages = warning;
+SET dscsa.key_name = 'bench';
+SELECT dscsa.create_blind_index_key('lookup_bidx') WHERE NOT EXISTS (SELECT 1 FROM dscsa.keyring WHERE key_name = 'lookup_bidx');
+SELECT dscsa.load_key('bench') + dscsa.load_key('lookup_bidx') AS versions_loaded;
+DROP VIEW IF EXISTS lookup_unit_plain;
+DROP TABLE IF EXISTS lookup_unit, lookup_plain;
+CREATE TABLE lookup_plain (id bigint PRIMARY KEY, lot_id int NOT NULL, serial text NOT NULL UNIQUE, status text NOT NULL);
+INSERT INTO lookup_plain SELECT i, 1 + i % 1000, 'SN' || lpad(i::text, 18, '0'), 'commissioned' FROM generate_series(1, :rows) i;
+CREATE TABLE lookup_unit (LIKE lookup_plain INCLUDING ALL);
+INSERT INTO lookup_unit SELECT * FROM lookup_plain;
+CALL dscsa.protect_column('lookup_unit', 'serial', kind => 'serial', mode => 'in_place', blind_index_key => 'lookup_bidx');
+SELECT dscsa.create_view('lookup_unit');
+VACUUM ANALYZE lookup_plain, lookup_unit;
+-- The timed query must use the blind index and find the unit (a fast wrong answer is
+-- not a result).
+DO $$
+DECLARE
+    plan text;
+    found bigint;
+BEGIN
+    EXECUTE 'EXPLAIN SELECT id, lot_id, status FROM lookup_unit_plain WHERE serial = ''SN000000000000000042''' INTO plan;
+    IF plan NOT LIKE '%Index%' THEN
+        RAISE EXCEPTION 'the view lookup does not use the blind index: %', plan;
+    END IF;
+    SELECT count(*) INTO found FROM lookup_unit_plain u JOIN lookup_plain p USING (id)
+     WHERE u.serial IN ('SN000000000000000042', 'SN000000000000000777') AND u.serial = p.serial;
+    IF found <> 2 THEN
+        RAISE EXCEPTION 'the view lookup found % of 2 units', found;
+    END IF;
+END
+$$;

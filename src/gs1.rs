@@ -1,0 +1,144 @@
+//! GS1 product identifiers in SQL (docs/GS1.md): validation where identifiers enter,
+//! `dscsa.parse_identifier`, and the product-identifier blind index.
+//!
+//! The rules and the parser are the pure-Rust core (`dscsa_core::gs1`); this layer only
+//! reads the settings, converts arguments and raises. Messages name the rule that failed,
+//! never the value: an identifier is regulated data.
+
+use std::borrow::Cow;
+
+use dscsa_core::blind::{identifier_pair, identifier_pair_of, IdentifierPair};
+use dscsa_core::envelope::FieldKind;
+use dscsa_core::gs1::{self, Field, Gs1Error};
+use dscsa_core::{Error, Result};
+use pgrx::prelude::*;
+use zeroize::Zeroizing;
+
+use crate::audit::{self, Op};
+use crate::blind::parse_kind;
+use crate::error::OrRaise;
+use crate::guc::{GS1_VALIDATION, IDENTIFIER_INDEX_KEY};
+use crate::keys;
+
+/// The rule `bytes` breaks when none of its text is valid UTF-8 for the field.
+fn not_text(kind: FieldKind) -> Gs1Error {
+    match kind {
+        FieldKind::Gtin => Gs1Error::GtinLength,
+        FieldKind::Serial => Gs1Error::Charset(Field::Serial),
+        FieldKind::Lot => Gs1Error::Charset(Field::Lot),
+        _ => Gs1Error::ExpiryFormat,
+    }
+}
+
+/// The rule `value` breaks as a `kind` field, if any.
+fn violation(kind: FieldKind, value: &[u8]) -> Option<Gs1Error> {
+    let text = match std::str::from_utf8(value) {
+        Ok(t) => t,
+        Err(_) => return Some(not_text(kind)),
+    };
+    gs1::canonical_field(kind, text, gs1::current_year()).err()
+}
+
+/// The plaintext to seal for a `kind` field: validated and canonical (GTIN-14) unless
+/// `dscsa.gs1_validation` is off. `None`: seal `plaintext` as it is.
+pub(crate) fn checked_plaintext(
+    kind: FieldKind,
+    plaintext: &[u8],
+) -> Result<Option<Zeroizing<Vec<u8>>>> {
+    if kind == FieldKind::Generic || !GS1_VALIDATION.get() {
+        return Ok(None);
+    }
+    let text = std::str::from_utf8(plaintext).map_err(|_| not_text(kind))?;
+    match gs1::canonical_field(kind, text, gs1::current_year())? {
+        Cow::Borrowed(_) => Ok(None),
+        Cow::Owned(canonical) => Ok(Some(Zeroizing::new(canonical.into_bytes()))),
+    }
+}
+
+/// The GS1 rule a value breaks as a field of `kind` (gtin, serial, lot, expiry), or NULL
+/// when it is valid; never the value itself. Used by `dscsa.gs1_problems`.
+#[pg_extern(sql = false)]
+fn gs1_violation(value: &str, kind_name: &str) -> Option<String> {
+    let kind = parse_kind(kind_name);
+    violation(kind, value.as_bytes()).map(|e| e.to_string())
+}
+
+/// GTIN-14, serial, lot and expiry of any spelling of a unit, as a text[4] the SQL
+/// wrapper `dscsa.parse_identifier` turns into columns.
+#[pg_extern(sql = false)]
+fn parse_identifier_array(identifier: &str) -> Vec<Option<String>> {
+    let pi = gs1::parse_identifier(identifier)
+        .map_err(Error::from)
+        .or_raise();
+    vec![Some(pi.gtin14), pi.serial, pi.lot, pi.expiry]
+}
+
+fn identifier_key() -> String {
+    let name = IDENTIFIER_INDEX_KEY
+        .get()
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if name.is_empty() {
+        crate::error::raise(Error::InvalidArgument(
+            "dscsa.identifier_index_key is not set".into(),
+        ));
+    }
+    name
+}
+
+/// The product-identifier blind index of `pair` under the active version of the key.
+fn active_identifier_index(pair: &IdentifierPair) -> Vec<u8> {
+    let key_name = identifier_key();
+    crate::keyring::sync_with_keyring();
+    let (id, index) = keys::with_active_blind_key(key_name.as_bytes(), |id, key| {
+        (id, key.compute_identifier(id, pair))
+    })
+    .or_raise();
+    audit::note(Op::BlindIndex, id, FieldKind::Serial, b"");
+    index
+}
+
+/// ... and under every loaded version, active first (lookups during a key rotation).
+fn identifier_index_candidates(pair: &IdentifierPair) -> Vec<Vec<u8>> {
+    let key_name = identifier_key();
+    crate::keyring::sync_with_keyring();
+    let mut out = Vec::new();
+    keys::for_each_blind_key(key_name.as_bytes(), |id, key| {
+        audit::note(Op::BlindIndex, id, FieldKind::Serial, b"");
+        out.push(key.compute_identifier(id, pair));
+    })
+    .or_raise();
+    out
+}
+
+fn pair_of(identifier: &str) -> IdentifierPair {
+    identifier_pair_of(identifier)
+        .map_err(Error::from)
+        .or_raise()
+}
+
+fn pair(gtin: &str, serial: &str) -> IdentifierPair {
+    identifier_pair(gtin, serial)
+        .map_err(Error::from)
+        .or_raise()
+}
+
+#[pg_extern(sql = false)]
+fn identifier_index_of(identifier: &str) -> Vec<u8> {
+    active_identifier_index(&pair_of(identifier))
+}
+
+#[pg_extern(sql = false)]
+fn identifier_index_pair(gtin: &str, serial: &str) -> Vec<u8> {
+    active_identifier_index(&pair(gtin, serial))
+}
+
+#[pg_extern(sql = false)]
+fn identifier_index_candidates_of(identifier: &str) -> Vec<Vec<u8>> {
+    identifier_index_candidates(&pair_of(identifier))
+}
+
+#[pg_extern(sql = false)]
+fn identifier_index_candidates_pair(gtin: &str, serial: &str) -> Vec<Vec<u8>> {
+    identifier_index_candidates(&pair(gtin, serial))
+}

@@ -1,0 +1,151 @@
+//! What the rewrite needs from the catalogs: its own functions, and which protected
+//! columns have a blind index (read from the relation cache, through their trigger).
+
+use std::ffi::{c_char, c_int, CStr};
+
+use pgrx::pg_sys;
+
+use super::*;
+
+/// The catalog objects the rewrite uses, looked up per planned statement (syscache hits).
+pub(super) struct Catalog {
+    pub(super) namespace: pg_sys::Oid,
+    pub(super) trigger_fn: pg_sys::Oid,
+    pub(super) candidates_fn: pg_sys::Oid,
+    pub(super) candidates_array_fn: pg_sys::Oid,
+    pub(super) slot_fn: pg_sys::Oid,
+    pub(super) bytea_eq_fn: pg_sys::Oid,
+}
+
+impl Catalog {
+    pub(super) unsafe fn lookup() -> Option<Catalog> {
+        let namespace = pg_sys::get_namespace_oid(c"dscsa".as_ptr(), true);
+        if namespace == pg_sys::InvalidOid {
+            return None;
+        }
+        let func = |name: &CStr, args: &[pg_sys::Oid]| {
+            pg_sys::LookupFuncName(
+                name_list(c"dscsa", name),
+                args.len() as c_int,
+                args.as_ptr(),
+                true,
+            )
+        };
+        let text = pg_sys::TEXTOID;
+        let catalog = Catalog {
+            namespace,
+            trigger_fn: func(c"blind_index_trigger", &[]),
+            candidates_fn: func(c"blind_index_candidates", &[text, text, text]),
+            candidates_array_fn: func(
+                c"blind_index_candidates",
+                &[pg_sys::TEXTARRAYOID, text, text],
+            ),
+            slot_fn: func(c"_blind_index_slot", &[text, text, text, pg_sys::INT4OID]),
+            bytea_eq_fn: pg_sys::get_opcode(pg_sys::Oid::from(pg_sys::ByteaEqualOperator)),
+        };
+        // An installation of another version (mid-upgrade) lacks some: do nothing.
+        [
+            catalog.trigger_fn,
+            catalog.candidates_fn,
+            catalog.candidates_array_fn,
+            catalog.slot_fn,
+        ]
+        .iter()
+        .all(|f| *f != pg_sys::InvalidOid)
+        .then_some(catalog)
+    }
+
+    /// `dscsa.dscsa_decrypt` / `dscsa.dscsa_try_decrypt`, any overload.
+    pub(super) unsafe fn is_decrypt(&self, funcid: pg_sys::Oid) -> bool {
+        if pg_sys::get_func_namespace(funcid) != self.namespace {
+            return false;
+        }
+        let name = pg_sys::get_func_name(funcid);
+        !name.is_null()
+            && matches!(
+                CStr::from_ptr(name).to_bytes(),
+                b"dscsa_decrypt" | b"dscsa_try_decrypt"
+            )
+    }
+}
+
+/// A protected column with a blind index, as its trigger describes it.
+pub(super) struct BlindIndexed {
+    pub(super) bidx_attno: pg_sys::AttrNumber,
+    pub(super) key: String,
+    /// The kind the trigger hashed with: the column's field kind, or every kind for a
+    /// generic column (which may hold envelopes of any kind).
+    pub(super) kind: &'static CStr,
+    /// A partitioned table (partitioned by the blind-index column, perhaps): candidates
+    /// are spelled so that partition pruning can use them.
+    pub(super) partitioned: bool,
+}
+
+pub(super) unsafe fn blind_indexed(
+    catalog: &Catalog,
+    relid: pg_sys::Oid,
+    attno: pg_sys::AttrNumber,
+) -> Option<BlindIndexed> {
+    // The parser holds a lock on every relation of the query.
+    let rel = pg_sys::RelationIdGetRelation(relid);
+    if rel.is_null() {
+        return None;
+    }
+    let mut found = None;
+    let td = (*rel).trigdesc;
+    if !td.is_null() {
+        let triggers = std::slice::from_raw_parts((*td).triggers, (*td).numtriggers as usize);
+        for t in triggers {
+            if t.tgfoid != catalog.trigger_fn
+                || t.tgnargs != 5
+                || t.tgenabled == pg_sys::TRIGGER_DISABLED as c_char
+            {
+                continue;
+            }
+            let args = std::slice::from_raw_parts(t.tgargs, 5);
+            if pg_sys::get_attnum(relid, args[0]) != attno {
+                continue;
+            }
+            let bidx_attno = pg_sys::get_attnum(relid, args[1]);
+            let key = CStr::from_ptr(args[2]).to_string_lossy().into_owned();
+            if bidx_attno <= 0 || key.is_empty() {
+                continue;
+            }
+            found = Some(BlindIndexed {
+                bidx_attno,
+                key,
+                kind: kind_of_type(pg_sys::get_atttype(relid, attno)),
+                partitioned: (*(*rel).rd_rel).relkind
+                    == pg_sys::RELKIND_PARTITIONED_TABLE as c_char,
+            });
+            break;
+        }
+    }
+    pg_sys::RelationClose(rel);
+    found
+}
+
+pub(super) unsafe fn kind_of_type(typid: pg_sys::Oid) -> &'static CStr {
+    let name = pg_sys::format_type_be_qualified(typid);
+    match CStr::from_ptr(name).to_bytes() {
+        b"dscsa.gtin_encrypted" => c"gtin",
+        b"dscsa.serial_encrypted" => c"serial",
+        b"dscsa.lot_encrypted" => c"lot",
+        b"dscsa.expiry_encrypted" => c"expiry",
+        _ => c"any",
+    }
+}
+
+/// The session can compute the candidates: the key is loaded for the current role and
+/// the role may run the function. Otherwise the query runs as written.
+pub(super) unsafe fn session_can_compute(
+    catalog: &Catalog,
+    key: &str,
+    function: pg_sys::Oid,
+) -> bool {
+    crate::keys::versions_loaded(key) > 0
+        && crate::keys::is_name_loaded_for_current_role(key)
+        && pg_sys::pg_proc_aclcheck(function, pg_sys::GetUserId(), pg_sys::ACL_EXECUTE)
+            == pg_sys::AclResult::ACLCHECK_OK
+        && catalog.bytea_eq_fn != pg_sys::InvalidOid
+}

@@ -1,0 +1,162 @@
+//! The implied condition: which compared values qualify, and the candidates expression.
+
+use std::ffi::{c_void, CStr};
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use super::*;
+
+/// Does `node` mention anything that is not the same for every row of every query level
+/// (columns, non-external parameters, sublinks, aggregates)? Such a value can still be
+/// compared in the query it appears in, but not moved into a view's query.
+#[pg_guard]
+pub(super) unsafe extern "C-unwind" fn row_dependent(
+    node: *mut pg_sys::Node,
+    _ctx: *mut c_void,
+) -> bool {
+    if node.is_null() {
+        return false;
+    }
+    use pg_sys::NodeTag::*;
+    match (*node).type_ {
+        T_Var | T_PlaceHolderVar | T_SubLink | T_Aggref | T_WindowFunc | T_GroupingFunc
+        | T_CurrentOfExpr => true,
+        T_Param => (*node.cast::<pg_sys::Param>()).paramkind != pg_sys::ParamKind::PARAM_EXTERN,
+        _ => pg_sys::expression_tree_walker(node, Some(row_dependent), std::ptr::null_mut()),
+    }
+}
+
+/// A value the candidates function can be given: no volatile function, no sublink, no
+/// aggregate, one row.
+pub(super) unsafe fn usable_value(value: *mut pg_sys::Node) -> bool {
+    !pg_sys::contain_volatile_functions(value)
+        && !pg_sys::contain_agg_clause(value)
+        && !pg_sys::contain_window_function(value)
+        && !pg_sys::expression_returns_set(value)
+        && !contains_sublink(value)
+}
+
+#[pg_guard]
+pub(super) unsafe extern "C-unwind" fn sublink_walker(
+    node: *mut pg_sys::Node,
+    _ctx: *mut c_void,
+) -> bool {
+    if node.is_null() {
+        return false;
+    }
+    if is_a(node, pg_sys::NodeTag::T_SubLink) {
+        return true;
+    }
+    pg_sys::expression_tree_walker(node, Some(sublink_walker), std::ptr::null_mut())
+}
+
+pub(super) unsafe fn contains_sublink(node: *mut pg_sys::Node) -> bool {
+    sublink_walker(node, std::ptr::null_mut())
+}
+
+/// `bidx = ANY (dscsa.blind_index_candidates(value, key, kind))`, `bidx` being the
+/// blind-index column of `col` as this query sees it.
+pub(super) unsafe fn implied_condition(
+    catalog: &Catalog,
+    bidx: *mut pg_sys::Var,
+    col: &BlindIndexed,
+    value: *mut pg_sys::Node,
+    is_array: bool,
+) -> Option<*mut pg_sys::Node> {
+    let function = if is_array {
+        catalog.candidates_array_fn
+    } else if col.partitioned {
+        catalog.slot_fn
+    } else {
+        catalog.candidates_fn
+    };
+    if !session_can_compute(catalog, &col.key, function) {
+        return None;
+    }
+    let key = std::ffi::CString::new(col.key.as_str()).ok()?;
+    // A copy: a query tree does not share nodes between two places.
+    let value = pg_sys::copyObjectImpl(value.cast()).cast::<pg_sys::Node>();
+    let mut args = std::ptr::null_mut();
+    for a in [value, text_const(&key), text_const(col.kind)] {
+        args = pg_sys::lappend(args, a.cast());
+    }
+    let candidates: *mut pg_sys::Node = if col.partitioned && !is_array {
+        slots(catalog, value, &key, col.kind)
+    } else {
+        pg_sys::makeFuncExpr(
+            function,
+            pg_sys::BYTEAARRAYOID,
+            args,
+            pg_sys::InvalidOid,
+            pg_sys::DEFAULT_COLLATION_OID,
+            pg_sys::CoercionForm::COERCE_EXPLICIT_CALL,
+        )
+        .cast()
+    };
+    let saop =
+        pgrx::PgBox::<pg_sys::ScalarArrayOpExpr>::alloc_node(pg_sys::NodeTag::T_ScalarArrayOpExpr)
+            .into_pg();
+    (*saop).opno = pg_sys::Oid::from(pg_sys::ByteaEqualOperator);
+    (*saop).opfuncid = catalog.bytea_eq_fn;
+    (*saop).useOr = true;
+    (*saop).inputcollid = pg_sys::InvalidOid;
+    (*saop).args = pg_sys::lappend(
+        pg_sys::lappend(std::ptr::null_mut(), bidx.cast()),
+        candidates.cast(),
+    );
+    (*saop).location = -1;
+    Some(saop.cast())
+}
+
+/// `ARRAY[dscsa._blind_index_slot(value, key, kind, 1), ...]`: the candidates as separate
+/// STABLE expressions, which partition pruning evaluates at executor start (it cannot
+/// look inside one array-valued function), so that a lookup on a table hash-partitioned
+/// by the blind-index column touches one partition per candidate.
+pub(super) unsafe fn slots(
+    catalog: &Catalog,
+    value: *mut pg_sys::Node,
+    key: &CStr,
+    kind: &CStr,
+) -> *mut pg_sys::Node {
+    let kinds = if kind == c"any" { 5 } else { 1 };
+    let mut elements = std::ptr::null_mut();
+    for slot in 1..=(crate::blind::VERSION_SLOTS * kinds) {
+        let mut args = std::ptr::null_mut();
+        let slot_const = pg_sys::makeConst(
+            pg_sys::INT4OID,
+            -1,
+            pg_sys::InvalidOid,
+            4,
+            pg_sys::Datum::from(slot as i32),
+            false,
+            true,
+        );
+        for a in [
+            pg_sys::copyObjectImpl(value.cast()).cast::<pg_sys::Node>(),
+            text_const(key),
+            text_const(kind),
+            slot_const.cast(),
+        ] {
+            args = pg_sys::lappend(args, a.cast());
+        }
+        let call = pg_sys::makeFuncExpr(
+            catalog.slot_fn,
+            pg_sys::BYTEAOID,
+            args,
+            pg_sys::InvalidOid,
+            pg_sys::DEFAULT_COLLATION_OID,
+            pg_sys::CoercionForm::COERCE_EXPLICIT_CALL,
+        );
+        elements = pg_sys::lappend(elements, call.cast());
+    }
+    let array =
+        pgrx::PgBox::<pg_sys::ArrayExpr>::alloc_node(pg_sys::NodeTag::T_ArrayExpr).into_pg();
+    (*array).array_typeid = pg_sys::BYTEAARRAYOID;
+    (*array).array_collid = pg_sys::InvalidOid;
+    (*array).element_typeid = pg_sys::BYTEAOID;
+    (*array).elements = elements;
+    (*array).multidims = false;
+    (*array).location = -1;
+    array.cast()
+}

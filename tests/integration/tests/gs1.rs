@@ -1,0 +1,360 @@
+//! GS1 identifiers in SQL (issue 10, docs/GS1.md): validation where identifiers enter
+//! (SQLSTATE 22023 naming the rule, never the value), the superuser-only relaxation, the
+//! per-rule report and protect_column's refusal, dscsa.parse_identifier over every
+//! spelling, and the product-identifier blind index as a UNIQUE constraint.
+
+use pg_dscsa_itest::{
+    connect, count, env, error_text, explain, fresh_db, session_with_keys, sqlstate, WRITER,
+};
+
+#[test]
+fn encryption_checks_gs1_rules_and_stores_gtin_14() {
+    let (_db, mut c) = fresh_db("gs1_rules");
+    let decrypted = |c: &mut postgres::Client, sql: &str| -> String {
+        c.query_one(sql, &[])
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get(0)
+    };
+    assert_eq!(
+        decrypted(
+            &mut c,
+            "SELECT dscsa.dscsa_decrypt(dscsa.dscsa_encrypt_gtin('300010123455'))"
+        ),
+        "00300010123455",
+        "a GTIN-12 is stored as GTIN-14"
+    );
+    assert_eq!(
+        decrypted(
+            &mut c,
+            "SELECT dscsa.dscsa_decrypt(dscsa.dscsa_encrypt_gtin('12345670'))"
+        ),
+        "00000012345670"
+    );
+    assert_eq!(
+        decrypted(
+            &mut c,
+            "SELECT dscsa.dscsa_decrypt(dscsa.dscsa_encrypt_expiry('260200'))"
+        ),
+        "260200",
+        "day 00 is the month's last day"
+    );
+    let refused: &[(&str, &str, &str)] = &[
+        ("gtin", "00300010123454", "check digit"),
+        ("gtin", "ABCDEFGH", "8, 12, 13 or 14 digits"),
+        ("gtin", "003000101234555", "8, 12, 13 or 14 digits"),
+        ("serial", "SN12345678901234567890", "1 to 20 characters"),
+        ("serial", "SN 42", "character set 82"),
+        ("lot", "LOT#42", "character set 82"),
+        ("lot", "", "1 to 20 characters"),
+        ("expiry", "261301", "month must be 01 to 12"),
+        ("expiry", "270229", "day does not exist"),
+        ("expiry", "2026-13-01", "month must be 01 to 12"),
+        ("expiry", "31/12/26", "six digits YYMMDD"),
+    ];
+    for (kind, value, rule) in refused {
+        let sql = format!("SELECT dscsa.dscsa_encrypt_{kind}($1)");
+        let result = c.query_one(sql.as_str(), &[value]);
+        let text = error_text(c.query_one(sql.as_str(), &[value]));
+        assert_eq!(sqlstate(result), "22023", "{kind} {value:?}");
+        assert!(text.contains(rule), "{kind}: {text}");
+        if !value.is_empty() {
+            assert!(!text.contains(value), "the error echoes the value: {text}");
+        }
+        assert!(
+            text.contains("dscsa.gs1_problems"),
+            "the hint points to the report: {text}"
+        );
+    }
+    // Generic values are not GS1 data.
+    assert_eq!(
+        decrypted(
+            &mut c,
+            "SELECT dscsa.dscsa_decrypt(dscsa.dscsa_encrypt('any text at all #1'))"
+        ),
+        "any text at all #1"
+    );
+    // A writer's packaging line: the same rules, the same error.
+    let mut w = session_with_keys(&_db, WRITER, &["k"]);
+    assert_eq!(
+        sqlstate(w.batch_execute("SELECT dscsa.dscsa_encrypt_serial('bad serial')")),
+        "22023"
+    );
+}
+
+#[test]
+fn only_a_superuser_relaxes_validation() {
+    let (db, mut c) = fresh_db("gs1_relax");
+    let mut w = session_with_keys(&db, WRITER, &["k"]);
+    assert_eq!(
+        sqlstate(w.batch_execute("SET dscsa.gs1_validation = off")),
+        "42501"
+    );
+    assert_eq!(
+        sqlstate(w.batch_execute("SELECT dscsa.dscsa_encrypt_gtin('legacy-1')")),
+        "22023"
+    );
+    c.batch_execute("SET dscsa.gs1_validation = off")
+        .expect("superuser");
+    let stored: String = c
+        .query_one(
+            "SELECT dscsa.dscsa_decrypt(dscsa.dscsa_encrypt_gtin('legacy-1'))",
+            &[],
+        )
+        .expect("relaxed")
+        .get(0);
+    assert_eq!(stored, "legacy-1", "stored as given, not canonicalized");
+    // A superuser may relax it for a role (ALTER ROLE ... SET), never the role itself.
+    c.batch_execute("RESET dscsa.gs1_validation")
+        .expect("reset");
+    assert_eq!(
+        sqlstate(c.batch_execute("SELECT dscsa.dscsa_encrypt_gtin('legacy-1')")),
+        "22023"
+    );
+}
+
+#[test]
+fn problems_are_counted_per_rule_and_protect_column_refuses_them() {
+    let (_db, mut c) = fresh_db("gs1_report");
+    c.batch_execute(
+        "CREATE TABLE item (id int PRIMARY KEY, gtin text, serial text, best_before date);
+         INSERT INTO item SELECT i, CASE WHEN i % 10 = 0 THEN '00300010123454'
+                                         WHEN i % 25 = 1 THEN 'n/a' ELSE '00300010123455' END,
+                                 CASE WHEN i % 50 = 0 THEN 'SN ' || i ELSE 'SN' || i END,
+                                 date '2027-01-31' + i
+           FROM generate_series(1, 1000) i;",
+    )
+    .expect("legacy table");
+    let report: Vec<(String, i64)> = c
+        .query(
+            "SELECT rule, rows FROM dscsa.gs1_problems('item', 'gtin', 'gtin')",
+            &[],
+        )
+        .expect("report")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        report,
+        vec![
+            ("GTIN check digit is wrong".to_string(), 100),
+            ("GTIN must be 8, 12, 13 or 14 digits".to_string(), 40),
+        ]
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM dscsa.gs1_problems('item', 'best_before', 'expiry')"
+        ),
+        0,
+        "a date column is valid expiry data"
+    );
+    let refused = c.batch_execute("CALL dscsa.protect_column('item', 'serial', kind => 'serial')");
+    let text = error_text(
+        c.batch_execute("CALL dscsa.protect_column('item', 'serial', kind => 'serial')"),
+    );
+    assert_eq!(sqlstate(refused), "22023");
+    assert!(
+        text.contains("outside GS1 character set 82: 20 rows"),
+        "{text}"
+    );
+    assert!(!text.contains("SN 50"), "no value in the refusal: {text}");
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM pg_attribute WHERE attrelid = 'item'::regclass::oid AND attname = 'serial'::name AND atttypid = 'text'::regtype::oid"),
+        1,
+        "nothing changed"
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM dscsa.protected_columns"),
+        0
+    );
+    // Fixed, the column protects; a date column protects as expiry.
+    c.batch_execute(
+        "UPDATE item SET serial = replace(serial, ' ', '-');
+         CALL dscsa.protect_column('item', 'serial', kind => 'serial', mode => 'in_place');
+         CALL dscsa.protect_column('item', 'best_before', mode => 'in_place');",
+    )
+    .expect("valid data protects");
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM item WHERE dscsa.dscsa_decrypt(serial) = 'SN-50'"
+        ),
+        1
+    );
+}
+
+#[test]
+fn parse_identifier_reads_every_spelling_of_a_unit() {
+    let (_db, mut c) = fresh_db("gs1_parse");
+    let spellings = [
+        "(01)00300010123455(17)260331(10)A123(21)SN/1",
+        "]d201003000101234551726033110A123\u{1d}21SN/1",
+        "https://id.example.com/01/00300010123455/10/A123/21/SN%2F1?17=260331",
+        "HTTPS://ID.GS1.ORG/01/300010123455/10/A123/21/SN%2f1?17=260331&linkType=gs1:pip",
+    ];
+    for s in spellings {
+        let row = c
+            .query_one(
+                "SELECT gtin14, serial, lot, expiry FROM dscsa.parse_identifier($1)",
+                &[&s],
+            )
+            .unwrap_or_else(|e| panic!("{s}: {e}"));
+        let got: (String, String, String, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        assert_eq!(
+            got,
+            (
+                "00300010123455".into(),
+                "SN/1".into(),
+                "A123".into(),
+                "260331".into()
+            ),
+            "{s}"
+        );
+    }
+    let epc = c
+        .query_one("SELECT gtin14, serial, lot FROM dscsa.parse_identifier('urn:epc:id:sgtin:0614141.812345.6789%2F%26')", &[])
+        .expect("epc");
+    assert_eq!(epc.get::<_, String>(0), "80614141123458");
+    assert_eq!(epc.get::<_, String>(1), "6789/&");
+    assert_eq!(epc.get::<_, Option<String>>(2), None);
+    for (bad, rule) in [
+        ("(01)00300010123454(21)SECRET1", "check digit"),
+        (
+            "https://id.gs1.org/01/00300010123455/21/SECRET1/10/L1",
+            "out of order",
+        ),
+        ("(01)00300010123455(99)SECRET1", "unknown"),
+        (
+            "(01)00300010123455(21)SECRET1SECRET1SECRET1",
+            "1 to 20 characters",
+        ),
+        ("(01)00300010123455(17)261301(21)SECRET1", "month"),
+        ("SECRET1", "not a recognised"),
+    ] {
+        let text = error_text(c.query_one("SELECT * FROM dscsa.parse_identifier($1)", &[&bad]));
+        assert_eq!(
+            sqlstate(c.query_one("SELECT * FROM dscsa.parse_identifier($1)", &[&bad])),
+            "22023"
+        );
+        assert!(text.contains(rule), "{bad}: {text}");
+        assert!(!text.contains("SECRET1"), "echoes the input: {text}");
+    }
+}
+
+#[test]
+fn identifier_index_is_one_value_per_unit_and_enforces_serial_unique_within_gtin() {
+    let (db, mut c) = fresh_db("gs1_pi_index");
+    c.batch_execute(
+        "SELECT dscsa.create_blind_index_key('pi');
+         SELECT dscsa.grant_key('pi', 'dscsa_writer', 'blind_index'), dscsa.grant_key('pi', 'dscsa_reader', 'blind_index');
+         SELECT dscsa.load_key('pi');
+         SET dscsa.identifier_index_key = 'pi';
+         CREATE TABLE unit (id serial PRIMARY KEY, gtin dscsa.gtin_encrypted NOT NULL,
+                            serial dscsa.serial_encrypted NOT NULL, pi bytea NOT NULL UNIQUE);
+         GRANT SELECT, INSERT ON unit TO dscsa_writer, dscsa_reader;
+         GRANT USAGE ON SEQUENCE unit_id_seq TO dscsa_writer;",
+    )
+    .expect("schema");
+    let same: bool = c
+        .query_one(
+            "SELECT count(DISTINCT x) = 1 FROM unnest(ARRAY[
+                 dscsa.identifier_index('300010123455', 'SN/1'),
+                 dscsa.identifier_index('(01)00300010123455(21)SN/1'),
+                 dscsa.identifier_index('https://example.org/01/00300010123455/21/SN%2F1'),
+                 dscsa.identifier_index('urn:epc:id:sgtin:0300010.012345.SN%2F1')]) x",
+            &[],
+        )
+        .expect("spellings")
+        .get(0);
+    assert!(same, "every spelling of one unit has one index value");
+    let other: bool = c
+        .query_one(
+            "SELECT dscsa.identifier_index('00300010123455', 'SN/2') <> dscsa.identifier_index('00300010123455', 'SN/1')
+                AND dscsa.identifier_index('09520123456788', 'SN/1') <> dscsa.identifier_index('00300010123455', 'SN/1')",
+            &[],
+        )
+        .expect("others")
+        .get(0);
+    assert!(other);
+
+    // A packaging line inserts; the same serial under the same GTIN, spelled otherwise, is refused.
+    let mut w = session_with_keys(&db, WRITER, &["k", "pi"]);
+    w.batch_execute(
+        "SET dscsa.identifier_index_key = 'pi';
+         INSERT INTO unit (gtin, serial, pi)
+         SELECT dscsa.dscsa_encrypt_gtin(p.gtin14), dscsa.dscsa_encrypt_serial(p.serial), dscsa.identifier_index(p.gtin14, p.serial)
+           FROM dscsa.parse_identifier('(01)00300010123455(21)SN/1') p;
+         INSERT INTO unit (gtin, serial, pi)
+         VALUES (dscsa.dscsa_encrypt_gtin('00300010123455'), dscsa.dscsa_encrypt_serial('SN/2'),
+                 dscsa.identifier_index('00300010123455', 'SN/2'));",
+    )
+    .expect("inserts");
+    assert_eq!(
+        sqlstate(w.batch_execute(
+            "INSERT INTO unit (gtin, serial, pi)
+             VALUES (dscsa.dscsa_encrypt_gtin('300010123455'), dscsa.dscsa_encrypt_serial('SN/1'),
+                     dscsa.identifier_index('urn:epc:id:sgtin:0300010.012345.SN%2F1'))"
+        )),
+        "23505",
+        "serial unique within its GTIN, whatever the spelling"
+    );
+    // A lookup by any spelling is one probe of the unique index.
+    let mut r = session_with_keys(&db, pg_dscsa_itest::READER, &["k", "pi"]);
+    r.batch_execute("SET dscsa.identifier_index_key = 'pi'; SET enable_seqscan = off")
+        .expect("settings");
+    let plan = explain(
+        &mut r,
+        "COSTS OFF",
+        "SELECT id FROM unit WHERE pi = ANY (dscsa.identifier_index_candidates('https://id.gs1.org/01/00300010123455/21/SN%2F1'))",
+    );
+    assert!(plan.contains("unit_pi_key"), "{plan}");
+    assert_eq!(
+        count(&mut r, "SELECT count(*) FROM unit WHERE pi = ANY (dscsa.identifier_index_candidates('https://id.gs1.org/01/00300010123455/21/SN%2F1'))"),
+        1
+    );
+    // Without the key named by the setting: a clear error, not a wrong answer.
+    assert_eq!(
+        sqlstate(r.batch_execute("SET dscsa.identifier_index_key = 'missing'; SELECT dscsa.identifier_index('00300010123455', 'SN/1')")),
+        "55000"
+    );
+}
+
+/// The server log holds the rule of a refused identifier, never the identifier (with
+/// log_statement = all the statement's own text and parameters are logged by choice of
+/// the administrator; the error, its detail and its hint are ours).
+#[test]
+fn validation_errors_leave_no_value_in_the_server_log() {
+    let (db, _c) = fresh_db("gs1_log");
+    let mut w = connect(&db, "postgres");
+    w.batch_execute("SELECT dscsa.load_key('k'); SET dscsa.key_name = 'k'")
+        .expect("key");
+    let marker = "GS1LOGMARK#7741";
+    assert_eq!(
+        sqlstate(w.query_one("SELECT dscsa.dscsa_encrypt_serial($1)", &[&marker])),
+        "22023"
+    );
+    w.batch_execute("CREATE TABLE t (s text); INSERT INTO t VALUES ('GS1LOGMARK#7742')")
+        .expect("table");
+    assert_eq!(
+        sqlstate(w.batch_execute(
+            "CALL dscsa.protect_column('t', 's', kind => 'lot', mode => 'in_place')"
+        )),
+        "22023"
+    );
+    let log = std::fs::read_to_string(format!("{}/server.log", env("DSCSA_TEST_DATADIR")))
+        .expect("server log");
+    let ours: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("GS1 validation failed")
+                || l.contains("not valid GS1")
+                || l.contains("dscsa.gs1_problems")
+                || l.contains("character set 82")
+        })
+        .collect();
+    assert!(ours.len() >= 2, "the refusals are logged");
+    for line in ours {
+        assert!(!line.contains("GS1LOGMARK"), "value in the log: {line}");
+    }
+}
