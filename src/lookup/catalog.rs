@@ -5,8 +5,6 @@ use std::ffi::{c_char, c_int, CStr};
 
 use pgrx::pg_sys;
 
-use super::*;
-
 /// The catalog objects the rewrite uses, looked up per planned statement (syscache hits).
 pub(super) struct Catalog {
     pub(super) namespace: pg_sys::Oid,
@@ -23,12 +21,17 @@ impl Catalog {
         if namespace == pg_sys::InvalidOid {
             return None;
         }
+        // Straight from the syscache: a name lookup (LookupFuncName) would check USAGE on
+        // the schema and fail every query of a role that has none.
         let func = |name: &CStr, args: &[pg_sys::Oid]| {
-            pg_sys::LookupFuncName(
-                name_list(c"dscsa", name),
-                args.len() as c_int,
-                args.as_ptr(),
-                true,
+            let argtypes = pg_sys::buildoidvector(args.as_ptr(), args.len() as c_int);
+            pg_sys::GetSysCacheOid(
+                pg_sys::SysCacheIdentifier::PROCNAMEARGSNSP as c_int,
+                pg_sys::Anum_pg_proc_oid as pg_sys::AttrNumber,
+                pg_sys::Datum::from(name.as_ptr()),
+                pg_sys::Datum::from(argtypes),
+                pg_sys::Datum::from(namespace),
+                pg_sys::Datum::from(0),
             )
         };
         let text = pg_sys::TEXTOID;

@@ -22,15 +22,6 @@ pub(super) unsafe fn nth<T>(list: *mut pg_sys::List, n: usize) -> *mut T {
         .map_or(std::ptr::null_mut(), |c| c.ptr_value.cast())
 }
 
-pub(super) unsafe fn name_list(schema: &CStr, name: &CStr) -> *mut pg_sys::List {
-    let mut list = std::ptr::null_mut();
-    for part in [schema, name] {
-        let s = pg_sys::makeString(pg_sys::pstrdup(part.as_ptr()));
-        list = pg_sys::lappend(list, s.cast());
-    }
-    list
-}
-
 pub(super) unsafe fn strip_relabel(mut e: *mut pg_sys::Node) -> *mut pg_sys::Node {
     while is_a(e, pg_sys::NodeTag::T_RelabelType) {
         e = (*e.cast::<pg_sys::RelabelType>()).arg.cast();

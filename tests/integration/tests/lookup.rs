@@ -409,3 +409,39 @@ fn a_lookup_on_a_table_partitioned_by_the_blind_index_touches_one_partition() {
         vec!["5000".to_string(), "77".to_string()]
     );
 }
+
+/// The hook runs for every statement of every role: one without any right on the dscsa
+/// schema (the application's other users, PUBLIC) plans and runs its own queries as if
+/// pg_dscsa were not there, including PL/pgSQL expressions planned in an error handler.
+#[test]
+fn roles_without_the_extensions_rights_plan_as_usual() {
+    let (db, mut su) = inventory("lookup_nobody");
+    su.batch_execute(
+        "CREATE TABLE notice_board (id int, msg text); INSERT INTO notice_board VALUES (1, 'hello');
+         GRANT SELECT ON notice_board TO PUBLIC;",
+    )
+    .expect("a table for everyone");
+    let mut nobody = pg_dscsa_itest::connect(&db, pg_dscsa_itest::NOBODY);
+    assert_eq!(
+        count(
+            &mut nobody,
+            "SELECT count(*) FROM notice_board WHERE msg = 'hello'"
+        ),
+        1
+    );
+    nobody
+        .batch_execute(
+            "DO $$
+             BEGIN
+                 PERFORM 1 / 0;
+             EXCEPTION WHEN division_by_zero THEN
+                 RAISE NOTICE 'handled: %', SQLERRM;
+             END $$;",
+        )
+        .expect("an error handler's expressions plan");
+    // And pg_dscsa's own objects stay closed to it.
+    assert_eq!(
+        sqlstate(nobody.batch_execute("SELECT id FROM stock_lot_plain WHERE name = 'LOT-7'")),
+        "42501"
+    );
+}
