@@ -95,9 +95,8 @@ CREATE OR REPLACE FUNCTION vrs.verify(gtin text, serial text, lot text, expiry t
     SET dscsa.identifier_index_key = 'vrs_bidx'
 AS $$
 DECLARE
-    -- Computed once, then passed to the query as plain scalar parameters, so that
-    -- PL/pgSQL keeps one generic plan (an index scan) instead of planning every call.
-    candidates bytea[];
+    candidate bytea;
+    matched boolean := false;
     want_gtin text := dscsa.normalize_identifier(verify.gtin, 'gtin');
     unit record;
     stored_expiry text;
@@ -111,17 +110,22 @@ BEGIN
         RETURN QUERY SELECT false, 'No_match_GTIN_Serial';
         RETURN;
     END IF;
-    -- One index value per loaded key version, active first: normally one; two while
-    -- the blind-index key is being rotated.
-    candidates := dscsa.identifier_index_candidates(verify.gtin, verify.serial);
-    SELECT u.lot, u.expiry INTO unit
-      FROM vrs.product_units u
-     WHERE u.pi = ANY (candidates)
-       -- The index is a truncated HMAC: confirm the pair on the decrypted values.
-       AND dscsa.dscsa_decrypt(u.serial) = verify.serial
-       AND dscsa.dscsa_decrypt(u.gtin) = want_gtin
-     LIMIT 1;
-    IF NOT FOUND THEN
+    -- One index value per loaded key version, active first: normally one iteration; two
+    -- while the blind-index key is being rotated. Each is a scalar parameter of the
+    -- query, which keeps one generic plan (with "= ANY (array)" the planner would guess
+    -- ten elements for a generic plan and re-plan every call).
+    FOREACH candidate IN ARRAY dscsa.identifier_index_candidates(verify.gtin, verify.serial) LOOP
+        SELECT u.lot, u.expiry INTO unit
+          FROM vrs.product_units u
+         WHERE u.pi = candidate
+           -- The index is a truncated HMAC: confirm the pair on the decrypted values.
+           AND dscsa.dscsa_decrypt(u.serial) = verify.serial
+           AND dscsa.dscsa_decrypt(u.gtin) = want_gtin;
+        matched := FOUND;
+        EXIT WHEN matched;
+    END LOOP;
+    -- (Not FOUND itself: the loop statement sets it.)
+    IF NOT matched THEN
         RETURN QUERY SELECT false, 'No_match_GTIN_Serial';
         RETURN;
     END IF;

@@ -120,14 +120,16 @@ for round in $(seq 1 "${VRS_ROUNDS}"); do
     log "Lookup round ${round} of ${VRS_ROUNDS}"
     run_pgbench lk_plain lookup_plain.pgbench
     run_pgbench lk_view lookup_view.pgbench
+    run_pgbench lk_trl_off lookup_view.pgbench "-c dscsa.audit=off"
 done
 echo
 echo "Median of ${VRS_ROUNDS} rounds (tps; p50, p99 in ms):"
-for name in lk_plain lk_view; do
+for name in lk_plain lk_view lk_trl_off; do
     printf "%-10s tps %10.1f  p50 %7.3f  p99 %7.3f\n" \
         "${name}" "$(median "${name}" 3)" "$(median "${name}" 5)" "$(median "${name}" 8)"
 done | tee "${BENCH_ROOT}/lookup_medians.txt"
-awk '/^lk_plain/ {p = $3} /^lk_view/ {v = $3} END { printf "view lookup/plaintext throughput: %.2f\n", v / p }' \
+awk '/^lk_plain/ {p = $3} /^lk_view/ {v = $3} /^lk_trl_off/ {o = $3}
+     END { printf "view lookup/plaintext throughput: %.2f (audit trail off: %.2f)\n", v / p, o / p }' \
     "${BENCH_ROOT}/lookup_medians.txt"
 fi
 

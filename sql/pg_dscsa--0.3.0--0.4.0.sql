@@ -885,16 +885,10 @@ CREATE OR REPLACE FUNCTION dscsa.gs1_violation(value text, kind text) RETURNS te
 COMMENT ON FUNCTION dscsa.gs1_violation(text, text) IS
     'The GS1 rule a value breaks as a gtin, serial, lot or expiry field (NULL: valid); never echoes the value.';
 
-CREATE OR REPLACE FUNCTION dscsa._parse_identifier(identifier text) RETURNS text[]
-    STABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'parse_identifier_array_wrapper';
-
 CREATE OR REPLACE FUNCTION dscsa.parse_identifier(identifier text,
     OUT gtin14 text, OUT serial text, OUT lot text, OUT expiry text)
-    LANGUAGE sql STABLE STRICT PARALLEL SAFE
-    SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT a[1], a[2], a[3], a[4] FROM dscsa._parse_identifier(identifier) a
-$$;
+    RETURNS record
+    STABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_parse_identifier';
 COMMENT ON FUNCTION dscsa.parse_identifier(text) IS
     'GTIN-14, serial, lot and expiry (YYMMDD) of a unit written as a GS1 element string (bracketed, or as a scanner sends it), a GS1 Digital Link URI or an EPC URN; every field validated.';
 
@@ -2561,8 +2555,7 @@ GRANT SELECT ON dscsa.protected_columns TO dscsa_admin, dscsa_writer, dscsa_read
 
 -- GS1 identifiers (docs/GS1.md): checking and parsing reveal nothing beyond their input;
 -- the counts per rule read the caller's own table with the caller's rights.
-GRANT EXECUTE ON FUNCTION dscsa.gs1_violation(text, text), dscsa.parse_identifier(text),
-    dscsa._parse_identifier(text)
+GRANT EXECUTE ON FUNCTION dscsa.gs1_violation(text, text), dscsa.parse_identifier(text)
     TO dscsa_admin, dscsa_writer, dscsa_reader;
 GRANT EXECUTE ON FUNCTION dscsa.gs1_problems(regclass, name, text),
     dscsa._raise_gs1_problems(regclass, name, text) TO dscsa_admin;

@@ -157,8 +157,7 @@ GRANT SELECT ON dscsa.protected_columns TO dscsa_admin, dscsa_writer, dscsa_read
 
 -- GS1 identifiers (docs/GS1.md): checking and parsing reveal nothing beyond their input;
 -- the counts per rule read the caller's own table with the caller's rights.
-GRANT EXECUTE ON FUNCTION dscsa.gs1_violation(text, text), dscsa.parse_identifier(text),
-    dscsa._parse_identifier(text)
+GRANT EXECUTE ON FUNCTION dscsa.gs1_violation(text, text), dscsa.parse_identifier(text)
     TO dscsa_admin, dscsa_writer, dscsa_reader;
 GRANT EXECUTE ON FUNCTION dscsa.gs1_problems(regclass, name, text),
     dscsa._raise_gs1_problems(regclass, name, text) TO dscsa_admin;

@@ -90,21 +90,75 @@ fn blind_index_candidates_array<'a>(
     candidates_of(values.iter().flatten(), key_name, kind_name)
 }
 
-/// Blind-index versions a partition-pruned lookup covers (src/lookup.rs): the planner
-/// spells the candidates as this many slots per field kind, each a separate expression
-/// that partition pruning can evaluate.
-pub(crate) const VERSION_SLOTS: usize = 4;
+/// The candidates the slots of one lookup share: computed by the first slot of a
+/// statement, reused by the others (same value, key, kind, statement and loaded versions).
+struct SlotCache {
+    statement: pg_sys::TimestampTz,
+    versions: i32,
+    value: String,
+    key_name: String,
+    kind_name: String,
+    candidates: Vec<Vec<u8>>,
+}
+
+thread_local! {
+    static SLOT_CACHE: std::cell::RefCell<Option<SlotCache>> = const { std::cell::RefCell::new(None) };
+}
+
+fn slot_candidates(value: &str, key_name: &str, kind_name: &str) -> Vec<Vec<u8>> {
+    // SAFETY: reads backend globals.
+    let statement = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
+    let versions = keys::versions_loaded(key_name);
+    let hit = SLOT_CACHE.with(|c| {
+        c.borrow().as_ref().and_then(|e| {
+            (e.statement == statement
+                && e.versions == versions
+                && e.value == value
+                && e.key_name == key_name
+                && e.kind_name == kind_name)
+                .then(|| e.candidates.clone())
+        })
+    });
+    if let Some(candidates) = hit {
+        return candidates;
+    }
+    let candidates = candidates_of(std::iter::once(value), key_name, kind_name);
+    SLOT_CACHE.with(|c| {
+        *c.borrow_mut() = Some(SlotCache {
+            statement,
+            versions,
+            value: value.to_owned(),
+            key_name: key_name.to_owned(),
+            kind_name: kind_name.to_owned(),
+            candidates: candidates.clone(),
+        })
+    });
+    candidates
+}
+
+/// How many candidate slots per field kind the planner spells for a lookup with blind-index
+/// key `key_name` (src/lookup): one per version loaded now, plus one spare. Loading
+/// another version resets this backend's cached plans (keys::insert_all); the spare slot
+/// holds the version that a rotation by another session brings in while a cached plan
+/// runs (the session reloads the key in the middle of that execution). A slot function
+/// that finds more candidates than its plan has slots raises rather than miss a row.
+pub(crate) fn lookup_slots(key_name: &str) -> usize {
+    usize::try_from(keys::versions_loaded(key_name))
+        .unwrap_or(0)
+        .max(1)
+        + 1
+}
 
 /// The `slot`-th (from 1) of `blind_index_candidates(value, key_name, kind_name)`, or NULL
 /// past the last. Refuses (22023) when the candidates do not fit in the slots, so that a
 /// lookup never silently misses rows indexed under a version it did not ask for.
 #[pg_extern(sql = false)]
 fn blind_index_slot(value: &str, key_name: &str, kind_name: &str, slot: i32) -> Option<Vec<u8>> {
-    let all = candidates_of(std::iter::once(value), key_name, kind_name);
-    let slots = VERSION_SLOTS * lookup_kinds(kind_name).len();
+    let all = slot_candidates(value, key_name, kind_name);
+    let slots = lookup_slots(key_name) * lookup_kinds(kind_name).len();
     if all.len() > slots {
         crate::error::raise(Error::InvalidArgument(format!(
-            "more than {VERSION_SLOTS} versions of blind-index key \"{key_name}\" are loaded: finish the rotation with dscsa.reindex_blind and unload the old versions (a partition-pruned lookup covers {VERSION_SLOTS})"
+            "more versions of blind-index key \"{key_name}\" are loaded than this plan was made for: run the statement again (DISCARD PLANS)"
         )));
     }
     let slot = usize::try_from(slot).ok()?.checked_sub(1)?;

@@ -380,6 +380,15 @@ pub struct LoadedBy {
 /// demotes any other loaded version of the same name that the keyring no longer marks active.
 pub fn insert_all(name: &str, new_keys: Vec<SessionKey>, active_key_id: Option<u32>) {
     ensure_exit_callback();
+    // Plans of transparent lookups spell one candidate slot per loaded blind-index
+    // version (src/lookup): a new version means this backend's cached plans are redone.
+    if new_keys
+        .iter()
+        .any(|k| matches!(k.key, KeyMaterial::BlindIndex(_)))
+    {
+        // SAFETY: marks this backend's cached plans invalid; callable in a transaction.
+        unsafe { pg_sys::ResetPlanCache() };
+    }
     KEYS.with(|keys| {
         let mut keys = keys.borrow_mut();
         for k in keys.iter_mut().filter(|k| k.name == name) {

@@ -66,7 +66,7 @@ pub(super) unsafe fn implied_condition(
 ) -> Option<*mut pg_sys::Node> {
     let function = if is_array {
         catalog.candidates_array_fn
-    } else if col.partitioned {
+    } else if spelled_as_slots(col, value, is_array) {
         catalog.slot_fn
     } else {
         catalog.candidates_fn
@@ -81,7 +81,7 @@ pub(super) unsafe fn implied_condition(
     for a in [value, text_const(&key), text_const(col.kind)] {
         args = pg_sys::lappend(args, a.cast());
     }
-    let candidates: *mut pg_sys::Node = if col.partitioned && !is_array {
+    let candidates: *mut pg_sys::Node = if spelled_as_slots(col, value, is_array) {
         slots(catalog, value, &key, col.kind)
     } else {
         pg_sys::makeFuncExpr(
@@ -109,10 +109,19 @@ pub(super) unsafe fn implied_condition(
     Some(saop.cast())
 }
 
+/// A lookup's candidates are spelled as slots (below), a join's as one function call
+/// per outer row (four slots would compute them four times).
+unsafe fn spelled_as_slots(col: &BlindIndexed, value: *mut pg_sys::Node, is_array: bool) -> bool {
+    !is_array && (col.partitioned || !row_dependent(value, std::ptr::null_mut()))
+}
+
 /// `ARRAY[dscsa._blind_index_slot(value, key, kind, 1), ...]`: the candidates as separate
-/// STABLE expressions, which partition pruning evaluates at executor start (it cannot
-/// look inside one array-valued function), so that a lookup on a table hash-partitioned
-/// by the blind-index column touches one partition per candidate.
+/// STABLE expressions. Partition pruning evaluates each at executor start (it cannot look
+/// inside one array-valued function), so that a lookup on a table hash-partitioned by the
+/// blind-index column touches one partition per candidate. And the planner sees how many
+/// there are (one per loaded version; one array-valued call counts as 10 in a generic
+/// plan), so that a generic plan is the same index scan as a custom one: a prepared
+/// lookup is planned once, not at every execution.
 pub(super) unsafe fn slots(
     catalog: &Catalog,
     value: *mut pg_sys::Node,
@@ -121,7 +130,8 @@ pub(super) unsafe fn slots(
 ) -> *mut pg_sys::Node {
     let kinds = if kind == c"any" { 5 } else { 1 };
     let mut elements = std::ptr::null_mut();
-    for slot in 1..=(crate::blind::VERSION_SLOTS * kinds) {
+    let per_kind = crate::blind::lookup_slots(&key.to_string_lossy());
+    for slot in 1..=(per_kind * kinds) {
         let mut args = std::ptr::null_mut();
         let slot_const = pg_sys::makeConst(
             pg_sys::INT4OID,

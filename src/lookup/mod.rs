@@ -189,6 +189,9 @@ unsafe fn rewrite_and_list(
                     if reads_relation(value, rtindex) {
                         continue;
                     }
+                    if constrains(*quals, rtindex, col.bidx_attno) {
+                        continue;
+                    }
                     let bidx = bidx_var(rtindex, col.bidx_attno);
                     if let Some(cond) = implied_condition(catalog, bidx, &col, value, is_array) {
                         and_into(quals, cond);
@@ -237,15 +240,38 @@ unsafe fn push_into(
 ) {
     match target {
         Target::Here { rtindex, col } => {
+            let quals = &mut (*(*q).jointree).quals;
+            if constrains(*quals, rtindex, col.bidx_attno) {
+                return;
+            }
             let bidx = bidx_var(rtindex, col.bidx_attno);
             if let Some(cond) = implied_condition(catalog, bidx, &col, value, is_array) {
-                and_into(&mut (*(*q).jointree).quals, cond);
+                and_into(quals, cond);
             }
         }
         Target::Inside {
             subquery, inner, ..
         } => push_into(catalog, subquery, *inner, value, is_array),
     }
+}
+
+/// Does the qual list already compare the blind-index column (a query that spells the
+/// blind-index condition out itself, or a second comparison of the same column)? Then
+/// nothing more is added.
+unsafe fn constrains(
+    quals: *mut pg_sys::Node,
+    rtindex: pg_sys::Index,
+    attno: pg_sys::AttrNumber,
+) -> bool {
+    if quals.is_null() {
+        return false;
+    }
+    let mut attnos: *mut pg_sys::Bitmapset = std::ptr::null_mut();
+    pg_sys::pull_varattnos(quals, rtindex, &mut attnos);
+    pg_sys::bms_is_member(
+        i32::from(attno) - pg_sys::FirstLowInvalidHeapAttributeNumber,
+        attnos,
+    )
 }
 
 /// The WHERE clause, and the ON clauses of joins (inner ones may push into views).
