@@ -7,16 +7,20 @@
 //! imply:
 //!
 //! ```text
-//! dscsa_decrypt(t.col[, ctx]) = v          ->  ... AND t.col_bidx = ANY (dscsa.blind_index_candidates(v, key, kind))
+//! dscsa_decrypt(t.col[, ctx]) = v          ->  ... AND t.col_bidx = ANY (ARRAY[dscsa._blind_index_slot(v, key, kind, 1), ...])
 //! dscsa_decrypt(t.col[, ctx]) IN (a, b)    ->  ... AND t.col_bidx = ANY (dscsa.blind_index_candidates(ARRAY[a, b], key, kind))
+//! dscsa_decrypt(t.col) = u.other_col       ->  ... AND t.col_bidx = ANY (dscsa.blind_index_candidates(u.other_col, key, kind))
 //! ```
+//!
+//! (A lookup's candidates are one slot per loaded key version plus a spare, so that the
+//! planner can count them: see condition.rs.)
 //!
 //! The original comparison stays as the recheck, so results are exactly those of the
 //! query as written: equal plaintexts have equal normalized forms and so equal blind
 //! indexes under the same key version, and the candidates cover every version the session
 //! has loaded. `v` is an expression the row does not determine (a constant, a parameter,
-//! or a column of another table in a join), so the STABLE candidates function is
-//! evaluated once per index scan: once per execution for a lookup, once per outer row in
+//! or a column of another table in a join), so the STABLE candidates are evaluated once
+//! per index scan: once per execution for a lookup, once per outer row in
 //! a nested-loop join. Conditions are added only to AND lists (WHERE and JOIN ... ON),
 //! where `A AND (implied by A)` is `A`; through a view the condition is placed inside the
 //! view's query when `v` is a constant or parameter and the comparison is in the WHERE
@@ -27,7 +31,7 @@
 //! and key. Nothing is added (the query runs as written) when `dscsa.blind_index_rewrite`
 //! is off, when the operator is not text equality under a deterministic collation, when
 //! the session has not loaded the blind-index key for its current role, or when the role
-//! may not execute the candidates function.
+//! may not execute the candidates function or read the blind-index column.
 //!
 //! pgrx 0.18 has no hook helpers: the hook pointer is set by hand in `init`, the previous
 //! hook is chained, and the hook itself follows src/hooks.rs: it calls the planner raw
