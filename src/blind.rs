@@ -142,11 +142,17 @@ fn slot_candidates(value: &str, key_name: &str, kind_name: &str) -> Vec<Vec<u8>>
 /// holds the version that a rotation by another session brings in while a cached plan
 /// runs (the session reloads the key in the middle of that execution). A slot function
 /// that finds more candidates than its plan has slots raises rather than miss a row.
-pub(crate) fn lookup_slots(key_name: &str) -> usize {
+fn lookup_slots(key_name: &str) -> usize {
     usize::try_from(keys::versions_loaded(key_name))
         .unwrap_or(0)
         .max(1)
         + 1
+}
+
+/// All the slots of a lookup: `lookup_slots` for each field kind it hashes under. The
+/// planner spells this many and the slot function checks against it: one count for both.
+pub(crate) fn lookup_slot_count(key_name: &str, kind_name: &str) -> usize {
+    lookup_slots(key_name) * lookup_kinds(kind_name).len()
 }
 
 /// The `slot`-th (from 1) of `blind_index_candidates(value, key_name, kind_name)`, or NULL
@@ -155,7 +161,7 @@ pub(crate) fn lookup_slots(key_name: &str) -> usize {
 #[pg_extern(sql = false)]
 fn blind_index_slot(value: &str, key_name: &str, kind_name: &str, slot: i32) -> Option<Vec<u8>> {
     let all = slot_candidates(value, key_name, kind_name);
-    let slots = lookup_slots(key_name) * lookup_kinds(kind_name).len();
+    let slots = lookup_slot_count(key_name, kind_name);
     if all.len() > slots {
         crate::error::raise(Error::InvalidArgument(format!(
             "more versions of blind-index key \"{key_name}\" are loaded than this plan was made for: run the statement again (DISCARD PLANS)"

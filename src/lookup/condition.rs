@@ -128,10 +128,9 @@ pub(super) unsafe fn slots(
     key: &CStr,
     kind: &CStr,
 ) -> *mut pg_sys::Node {
-    let kinds = if kind == c"any" { 5 } else { 1 };
     let mut elements = std::ptr::null_mut();
-    let per_kind = crate::blind::lookup_slots(&key.to_string_lossy());
-    for slot in 1..=(per_kind * kinds) {
+    let count = crate::blind::lookup_slot_count(&key.to_string_lossy(), &kind.to_string_lossy());
+    for slot in 1..=count {
         let mut args = std::ptr::null_mut();
         let slot_const = pg_sys::makeConst(
             pg_sys::INT4OID,
