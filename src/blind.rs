@@ -2,6 +2,7 @@
 //! plaintext under the active key version, and under every loaded version (for lookups
 //! that must keep working while the blind-index key is rotated).
 
+use dscsa_core::blind::BlindIndexKey;
 use dscsa_core::envelope::FieldKind;
 use dscsa_core::Error;
 use pgrx::prelude::*;
@@ -22,13 +23,30 @@ pub(crate) fn parse_kind(name: &str) -> FieldKind {
 /// Blind index of `value` under the active version of `key_name` (after following a
 /// rotation); shared by the SQL function and the row triggers.
 pub(crate) fn active_blind_index(key_name: &str, kind: FieldKind, value: &str) -> Vec<u8> {
+    with_active_version(key_name, kind, |id, key| key.compute(id, kind, value))
+}
+
+/// `compute` under the active version of blind-index key `key_name`, after following a
+/// rotation; recorded in the audit trail as a blind-index use of `kind`. Shared by the
+/// field blind index and the product-identifier index (src/gs1.rs).
+pub(crate) fn with_active_version(
+    key_name: &str,
+    kind: FieldKind,
+    compute: impl FnOnce(u32, &BlindIndexKey) -> Vec<u8>,
+) -> Vec<u8> {
     crate::keyring::sync_with_keyring();
-    let (id, index) = keys::with_active_blind_key(key_name.as_bytes(), |id, key| {
-        (id, key.compute(id, kind, value))
-    })
-    .or_raise();
+    let (id, index) =
+        keys::with_active_blind_key(key_name.as_bytes(), |id, key| (id, compute(id, key)))
+            .or_raise();
     audit::note(Op::BlindIndex, id, kind, b"");
     index
+}
+
+/// Calls `each` for every loaded version of blind-index key `key_name` (active first),
+/// after following a rotation: lookups that must find rows of any version.
+pub(crate) fn for_each_loaded_version(key_name: &str, each: impl FnMut(u32, &BlindIndexKey)) {
+    crate::keyring::sync_with_keyring();
+    keys::for_each_blind_key(key_name.as_bytes(), each).or_raise();
 }
 
 /// Blind index of `value` under the active version of `key_name`.
@@ -56,18 +74,16 @@ fn candidates_of<'a>(
     kind_name: &str,
 ) -> Vec<Vec<u8>> {
     let kinds = lookup_kinds(kind_name);
-    crate::keyring::sync_with_keyring();
     let values: Vec<&str> = values.collect();
     let mut out = Vec::new();
-    keys::for_each_blind_key(key_name.as_bytes(), |id, key| {
+    for_each_loaded_version(key_name, |id, key| {
         for &kind in &kinds {
             audit::note(Op::BlindIndex, id, kind, b"");
             for value in &values {
                 out.push(key.compute(id, kind, value));
             }
         }
-    })
-    .or_raise();
+    });
     out
 }
 

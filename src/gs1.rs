@@ -15,11 +15,10 @@ use pgrx::prelude::*;
 use zeroize::Zeroizing;
 
 use crate::audit::{self, Op};
-use crate::blind::parse_kind;
+use crate::blind::{for_each_loaded_version, parse_kind, with_active_version};
 use crate::error::OrRaise;
 use crate::fmgr::{arg_bytes, pg_v1_function, varlena_from};
 use crate::guc::{GS1_VALIDATION, IDENTIFIER_INDEX_KEY};
-use crate::keys;
 
 /// The rule `bytes` breaks when none of its text is valid UTF-8 for the field.
 fn not_text(kind: FieldKind) -> Gs1Error {
@@ -115,26 +114,18 @@ fn identifier_key() -> String {
 
 /// The product-identifier blind index of `pair` under the active version of the key.
 fn active_identifier_index(pair: &IdentifierPair) -> Vec<u8> {
-    let key_name = identifier_key();
-    crate::keyring::sync_with_keyring();
-    let (id, index) = keys::with_active_blind_key(key_name.as_bytes(), |id, key| {
-        (id, key.compute_identifier(id, pair))
+    with_active_version(&identifier_key(), FieldKind::Serial, |id, key| {
+        key.compute_identifier(id, pair)
     })
-    .or_raise();
-    audit::note(Op::BlindIndex, id, FieldKind::Serial, b"");
-    index
 }
 
 /// ... and under every loaded version, active first (lookups during a key rotation).
 fn identifier_index_candidates(pair: &IdentifierPair) -> Vec<Vec<u8>> {
-    let key_name = identifier_key();
-    crate::keyring::sync_with_keyring();
     let mut out = Vec::new();
-    keys::for_each_blind_key(key_name.as_bytes(), |id, key| {
+    for_each_loaded_version(&identifier_key(), |id, key| {
         audit::note(Op::BlindIndex, id, FieldKind::Serial, b"");
         out.push(key.compute_identifier(id, pair));
-    })
-    .or_raise();
+    });
     out
 }
 
