@@ -79,9 +79,22 @@ pub(super) struct BlindIndexed {
     /// The kind the trigger hashed with: the column's field kind, or every kind for a
     /// generic column (which may hold envelopes of any kind).
     pub(super) kind: &'static CStr,
-    /// A partitioned table (partitioned by the blind-index column, perhaps): candidates
-    /// are spelled so that partition pruning can use them.
-    pub(super) partitioned: bool,
+    /// Where the rows are: how the candidates are spelled (condition.rs).
+    pub(super) storage: Storage,
+}
+
+/// What kind of relation holds the column, as far as the candidates' spelling matters.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Storage {
+    /// An ordinary table.
+    Local,
+    /// A partitioned table (partitioned by the blind-index column, perhaps) without foreign
+    /// partitions: candidates are spelled so that partition pruning can use them.
+    Partitioned,
+    /// A foreign table, or a partitioned table with a foreign partition: candidates are
+    /// computed once per execution into parameters, which postgres_fdw sends to the
+    /// remote server with the condition (it ships no function of ours).
+    Foreign,
 }
 
 pub(super) unsafe fn blind_indexed(
@@ -118,14 +131,49 @@ pub(super) unsafe fn blind_indexed(
                 bidx_attno,
                 key,
                 kind: kind_of_type(pg_sys::get_atttype(relid, attno)),
-                partitioned: (*(*rel).rd_rel).relkind
-                    == pg_sys::RELKIND_PARTITIONED_TABLE as c_char,
+                storage: storage_of(relid, (*(*rel).rd_rel).relkind),
             });
             break;
         }
     }
     pg_sys::RelationClose(rel);
     found
+}
+
+mod raw {
+    use pgrx::pg_sys;
+
+    // catalog/pg_inherits.h, which pgrx's bindings do not include.
+    extern "C-unwind" {
+        pub fn find_all_inheritors(
+            parent: pg_sys::Oid,
+            lockmode: pg_sys::LOCKMODE,
+            numparents: *mut *mut pg_sys::List,
+        ) -> *mut pg_sys::List;
+    }
+}
+
+unsafe fn storage_of(relid: pg_sys::Oid, relkind: c_char) -> Storage {
+    if relkind == pg_sys::RELKIND_FOREIGN_TABLE as c_char {
+        return Storage::Foreign;
+    }
+    if relkind != pg_sys::RELKIND_PARTITIONED_TABLE as c_char {
+        return Storage::Local;
+    }
+    // The lock the planner takes on every partition when it expands the table.
+    let tree = raw::find_all_inheritors(
+        relid,
+        pg_sys::AccessShareLock as pg_sys::LOCKMODE,
+        std::ptr::null_mut(),
+    );
+    let has_foreign = super::cells(tree)
+        .iter()
+        .any(|c| pg_sys::get_rel_relkind(c.oid_value) == pg_sys::RELKIND_FOREIGN_TABLE as c_char);
+    if has_foreign {
+        Storage::Foreign
+    } else {
+        Storage::Partitioned
+    }
 }
 
 pub(super) unsafe fn kind_of_type(typid: pg_sys::Oid) -> &'static CStr {

@@ -56,17 +56,19 @@ pub(super) unsafe fn contains_sublink(node: *mut pg_sys::Node) -> bool {
 }
 
 /// `bidx = ANY (dscsa.blind_index_candidates(value, key, kind))`, `bidx` being the
-/// blind-index column of `col` as this query sees it.
+/// blind-index column of `col` as `q` sees it (the condition is for `q`'s quals).
 pub(super) unsafe fn implied_condition(
     catalog: &Catalog,
+    q: *mut pg_sys::Query,
     bidx: *mut pg_sys::Var,
     col: &BlindIndexed,
     value: *mut pg_sys::Node,
     is_array: bool,
 ) -> Option<*mut pg_sys::Node> {
+    let as_slots = spelled_as_slots(col, value, is_array);
     let function = if is_array {
         catalog.candidates_array_fn
-    } else if spelled_as_slots(col, value, is_array) {
+    } else if as_slots {
         catalog.slot_fn
     } else {
         catalog.candidates_fn
@@ -75,16 +77,20 @@ pub(super) unsafe fn implied_condition(
         return None;
     }
     let key = std::ffi::CString::new(col.key.as_str()).ok()?;
-    // A copy: a query tree does not share nodes between two places.
-    let value = pg_sys::copyObjectImpl(value.cast()).cast::<pg_sys::Node>();
-    let mut args = std::ptr::null_mut();
-    for a in [value, text_const(&key), text_const(col.kind)] {
-        args = pg_sys::lappend(args, a.cast());
-    }
-    let candidates: *mut pg_sys::Node = if spelled_as_slots(col, value, is_array) {
-        slots(catalog, value, &key, col.kind)
+    // Parameters computed once per execution, for postgres_fdw to send: a lookup value
+    // only (a join value changes per row, and postgres_fdw would not ship that anyway).
+    let as_parameters =
+        col.storage == Storage::Foreign && !row_dependent(value, std::ptr::null_mut());
+    let candidates: *mut pg_sys::Node = if as_slots {
+        slots(catalog, value, &key, col.kind, as_parameters)
     } else {
-        pg_sys::makeFuncExpr(
+        // A copy: a query tree does not share nodes between two places.
+        let value = pg_sys::copyObjectImpl(value.cast()).cast::<pg_sys::Node>();
+        let mut args = std::ptr::null_mut();
+        for a in [value, text_const(&key), text_const(col.kind)] {
+            args = pg_sys::lappend(args, a.cast());
+        }
+        let call = pg_sys::makeFuncExpr(
             function,
             pg_sys::BYTEAARRAYOID,
             args,
@@ -92,8 +98,17 @@ pub(super) unsafe fn implied_condition(
             pg_sys::DEFAULT_COLLATION_OID,
             pg_sys::CoercionForm::COERCE_EXPLICIT_CALL,
         )
-        .cast()
+        .cast();
+        if as_parameters {
+            init_plan(call)
+        } else {
+            call
+        }
     };
+    if as_parameters {
+        // The planner turns sublinks into init plans only where the query says it has any.
+        (*q).hasSubLinks = true;
+    }
     let saop =
         pgrx::PgBox::<pg_sys::ScalarArrayOpExpr>::alloc_node(pg_sys::NodeTag::T_ScalarArrayOpExpr)
             .into_pg();
@@ -112,7 +127,32 @@ pub(super) unsafe fn implied_condition(
 /// A lookup's candidates are spelled as slots (below), a join's as one function call
 /// per outer row (four slots would compute them four times).
 unsafe fn spelled_as_slots(col: &BlindIndexed, value: *mut pg_sys::Node, is_array: bool) -> bool {
-    !is_array && (col.partitioned || !row_dependent(value, std::ptr::null_mut()))
+    !is_array && (col.storage != Storage::Local || !row_dependent(value, std::ptr::null_mut()))
+}
+
+/// `(SELECT expr)`: an uncorrelated scalar sublink, which the planner makes an init plan
+/// whose result is a parameter (`$0`) of the rest of the plan. Computed once per execution
+/// like a STABLE call, but a parameter is something postgres_fdw ships to the remote
+/// server (`bidx = ANY (ARRAY[$1::bytea, $2::bytea])`), and run-time partition pruning
+/// can still use it.
+unsafe fn init_plan(expr: *mut pg_sys::Node) -> *mut pg_sys::Node {
+    let select = pgrx::PgBox::<pg_sys::Query>::alloc_node(pg_sys::NodeTag::T_Query).into_pg();
+    (*select).commandType = pg_sys::CmdType::CMD_SELECT;
+    (*select).querySource = pg_sys::QuerySource::QSRC_ORIGINAL;
+    (*select).canSetTag = true;
+    (*select).jointree = pg_sys::makeFromExpr(std::ptr::null_mut(), std::ptr::null_mut());
+    let entry = pg_sys::makeTargetEntry(
+        expr.cast(),
+        1,
+        pg_sys::pstrdup(c"candidate".as_ptr()),
+        false,
+    );
+    (*select).targetList = pg_sys::lappend(std::ptr::null_mut(), entry.cast());
+    let sublink = pgrx::PgBox::<pg_sys::SubLink>::alloc_node(pg_sys::NodeTag::T_SubLink).into_pg();
+    (*sublink).subLinkType = pg_sys::SubLinkType::EXPR_SUBLINK;
+    (*sublink).subselect = select.cast();
+    (*sublink).location = -1;
+    sublink.cast()
 }
 
 /// `ARRAY[dscsa._blind_index_slot(value, key, kind, 1), ...]`: the candidates as separate
@@ -122,11 +162,14 @@ unsafe fn spelled_as_slots(col: &BlindIndexed, value: *mut pg_sys::Node, is_arra
 /// there are (one per loaded version; one array-valued call counts as 10 in a generic
 /// plan), so that a generic plan is the same index scan as a custom one: a prepared
 /// lookup is planned once, not at every execution.
+///
+/// `as_parameters`: each slot an init plan (above), for foreign tables.
 pub(super) unsafe fn slots(
     catalog: &Catalog,
     value: *mut pg_sys::Node,
     key: &CStr,
     kind: &CStr,
+    as_parameters: bool,
 ) -> *mut pg_sys::Node {
     let mut elements = std::ptr::null_mut();
     let count = crate::blind::lookup_slot_count(&key.to_string_lossy(), &kind.to_string_lossy());
@@ -157,7 +200,12 @@ pub(super) unsafe fn slots(
             pg_sys::DEFAULT_COLLATION_OID,
             pg_sys::CoercionForm::COERCE_EXPLICIT_CALL,
         );
-        elements = pg_sys::lappend(elements, call.cast());
+        let element = if as_parameters {
+            init_plan(call.cast())
+        } else {
+            call.cast()
+        };
+        elements = pg_sys::lappend(elements, element.cast());
     }
     let array =
         pgrx::PgBox::<pg_sys::ArrayExpr>::alloc_node(pg_sys::NodeTag::T_ArrayExpr).into_pg();

@@ -13,7 +13,8 @@
 //! ```
 //!
 //! (A lookup's candidates are one slot per loaded key version plus a spare, so that the
-//! planner can count them: see condition.rs.)
+//! planner can count them; on foreign tables each is an init plan, a parameter that
+//! postgres_fdw sends to the remote server: see condition.rs.)
 //!
 //! The original comparison stays as the recheck, so results are exactly those of the
 //! query as written: equal plaintexts have equal normalized forms and so equal blind
@@ -197,7 +198,7 @@ unsafe fn rewrite_and_list(
                         continue;
                     }
                     let bidx = bidx_var(rtindex, col.bidx_attno);
-                    if let Some(cond) = implied_condition(catalog, bidx, &col, value, is_array) {
+                    if let Some(cond) = implied_condition(catalog, q, bidx, &col, value, is_array) {
                         and_into(quals, cond);
                     }
                 }
@@ -221,7 +222,7 @@ unsafe fn rewrite_and_list(
                         };
                         if let Some((bidx, col)) = expose(q, target) {
                             if let Some(cond) =
-                                implied_condition(catalog, bidx, &col, value, is_array)
+                                implied_condition(catalog, q, bidx, &col, value, is_array)
                             {
                                 and_into(quals, cond);
                             }
@@ -249,7 +250,7 @@ unsafe fn push_into(
                 return;
             }
             let bidx = bidx_var(rtindex, col.bidx_attno);
-            if let Some(cond) = implied_condition(catalog, bidx, &col, value, is_array) {
+            if let Some(cond) = implied_condition(catalog, q, bidx, &col, value, is_array) {
                 and_into(quals, cond);
             }
         }

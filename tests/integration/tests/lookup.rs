@@ -410,6 +410,141 @@ fn a_lookup_on_a_table_partitioned_by_the_blind_index_touches_one_partition() {
     );
 }
 
+/// A table sharded by the blind-index column over postgres_fdw: two hash partitions
+/// here, two on another server (a second database through a loopback connection). The
+/// candidates are computed once per execution into parameters, which postgres_fdw sends
+/// with the condition, so the remote server answers from its own blind index and returns
+/// only the matching rows; run-time pruning skips the partitions the candidates cannot
+/// be in. Also for a foreign table queried directly, IN lists, and generic plans.
+#[test]
+fn a_lookup_on_foreign_tables_is_sent_to_the_remote_server() {
+    let (remote_db, mut remote) = fresh_db("lookup_shard");
+    remote
+        .batch_execute(
+            "CREATE TABLE units_2 (id bigint, serial dscsa.serial_encrypted NOT NULL, serial_bidx bytea NOT NULL);
+             CREATE TABLE units_3 (LIKE units_2);
+             CREATE INDEX ON units_2 (serial_bidx); CREATE INDEX ON units_3 (serial_bidx);
+             GRANT SELECT ON units_2, units_3 TO itest_reader;",
+        )
+        .expect("remote shard");
+    let (db, mut su) = fresh_db("lookup_fdw");
+    su.batch_execute(&format!(
+        "CREATE EXTENSION postgres_fdw;
+         CREATE SERVER shard FOREIGN DATA WRAPPER postgres_fdw
+             OPTIONS (host '127.0.0.1', port '{port}', dbname '{remote_db}');
+         CREATE USER MAPPING FOR postgres SERVER shard OPTIONS (user 'postgres');
+         CREATE USER MAPPING FOR itest_reader SERVER shard OPTIONS (user 'itest_reader', password_required 'false');
+         SELECT dscsa.create_blind_index_key('bk');
+         SELECT dscsa.grant_key('bk', 'dscsa_reader', 'blind_index');
+         SELECT dscsa.load_key('bk');
+         CREATE TABLE units (id bigint, serial dscsa.serial_encrypted NOT NULL, serial_bidx bytea NOT NULL)
+             PARTITION BY HASH (serial_bidx);
+         CREATE TABLE units_0 PARTITION OF units FOR VALUES WITH (MODULUS 4, REMAINDER 0);
+         CREATE TABLE units_1 PARTITION OF units FOR VALUES WITH (MODULUS 4, REMAINDER 1);
+         CREATE FOREIGN TABLE units_2 PARTITION OF units FOR VALUES WITH (MODULUS 4, REMAINDER 2) SERVER shard;
+         CREATE FOREIGN TABLE units_3 PARTITION OF units FOR VALUES WITH (MODULUS 4, REMAINDER 3) SERVER shard;
+         CREATE INDEX ON units_0 (serial_bidx); CREATE INDEX ON units_1 (serial_bidx);
+         CREATE TRIGGER dscsa_bidx_serial BEFORE INSERT OR UPDATE OF serial, serial_bidx ON units
+             FOR EACH ROW EXECUTE FUNCTION dscsa.blind_index_trigger('serial', 'serial_bidx', 'bk', '', 'k');
+         INSERT INTO units SELECT i, dscsa.dscsa_encrypt_serial('SN' || i), dscsa.blind_index('SN' || i, 'bk', 'serial')
+           FROM generate_series(1, 2000) i;
+         SELECT dscsa.rotate_key('bk'); SELECT dscsa.load_key('bk');
+         INSERT INTO units VALUES (5000, dscsa.dscsa_encrypt_serial('SN77'), dscsa.blind_index('SN77', 'bk', 'serial'));
+         ANALYZE units;
+         GRANT SELECT ON units, units_2 TO dscsa_reader;",
+        port = pg_dscsa_itest::port()
+    ))
+    .expect("sharded table");
+    let remote_rows = count(&mut remote, "SELECT count(*) FROM units_2")
+        + count(&mut remote, "SELECT count(*) FROM units_3");
+    assert!(
+        remote_rows > 500,
+        "the remote partitions hold rows: {remote_rows}"
+    );
+
+    let mut app = session_with_keys(&db, READER, &["k", "bk"]);
+    // Every remote scan carries the condition, with the candidates as parameters.
+    let sql = "SELECT id FROM units WHERE dscsa.dscsa_decrypt(serial) = 'SN77'";
+    let verbose = explain(&mut app, "VERBOSE, COSTS OFF", sql);
+    let remote_sql: Vec<&str> = verbose
+        .lines()
+        .filter(|l| l.contains("Remote SQL:"))
+        .collect();
+    assert_eq!(remote_sql.len(), 2, "{verbose}");
+    for line in &remote_sql {
+        assert!(
+            line.contains("WHERE ((serial_bidx = ANY (ARRAY[$1::bytea, $2::bytea"),
+            "{verbose}"
+        );
+    }
+    // At most one partition per candidate runs (two key versions loaded), local or remote.
+    let analyzed = explain_analyze(&mut app, sql);
+    let scans_run = analyzed
+        .lines()
+        .filter(|l| {
+            l.contains("Scan on units_")
+                && !l.contains("Bitmap Index Scan")
+                && !l.contains("never executed")
+        })
+        .count();
+    assert!((1..=2).contains(&scans_run), "{analyzed}");
+    assert_eq!(
+        rows(&mut app, sql),
+        vec!["5000".to_string(), "77".to_string()]
+    );
+
+    // A remote partition queried directly, with an IN list: one array parameter.
+    let on_shard: Vec<String> = rows(
+        &mut su,
+        "SELECT dscsa.dscsa_decrypt(serial) FROM units_2 ORDER BY id LIMIT 3",
+    );
+    let in_list = format!(
+        "SELECT id FROM units_2 WHERE dscsa.dscsa_decrypt(serial) IN ('{}', 'SN-none')",
+        on_shard.join("', '")
+    );
+    let direct = explain(&mut app, "VERBOSE, COSTS OFF", &in_list);
+    assert!(
+        direct.contains("WHERE ((serial_bidx = ANY ($1::bytea[])))"),
+        "{direct}"
+    );
+    let found = rows(&mut app, &in_list);
+    assert_eq!(found.len(), 3, "{found:?}");
+
+    // A generic plan ships the same condition and finds rows under both key versions.
+    app.batch_execute(
+        "SET plan_cache_mode = force_generic_plan;
+         PREPARE by_serial(text) AS SELECT id FROM units WHERE dscsa.dscsa_decrypt(serial) = $1;",
+    )
+    .expect("prepare");
+    let generic = explain(
+        &mut app,
+        "VERBOSE, COSTS OFF",
+        "EXECUTE by_serial('SN1999')",
+    );
+    assert_eq!(
+        generic.matches("WHERE ((serial_bidx = ANY (ARRAY[").count(),
+        2,
+        "{generic}"
+    );
+    for (serial, ids) in [("SN1999", vec!["1999"]), ("SN77", vec!["5000", "77"])] {
+        assert_eq!(
+            rows(&mut app, &format!("EXECUTE by_serial('{serial}')")),
+            ids
+        );
+    }
+
+    // With the rewrite off every remote row comes back to be decrypted here: same rows.
+    app.batch_execute("SET dscsa.blind_index_rewrite = off")
+        .expect("off");
+    let unrewritten = explain(&mut app, "VERBOSE, COSTS OFF", sql);
+    assert!(!unrewritten.contains("serial_bidx = ANY"), "{unrewritten}");
+    assert_eq!(
+        rows(&mut app, sql),
+        vec!["5000".to_string(), "77".to_string()]
+    );
+    assert_eq!(rows(&mut app, &in_list), found);
+}
+
 /// The hook runs for every statement of every role: one without any right on the dscsa
 /// schema (the application's other users, PUBLIC) plans and runs its own queries as if
 /// pg_dscsa were not there, including PL/pgSQL expressions planned in an error handler.
