@@ -153,16 +153,16 @@ fn slot_candidates(value: &str, key_name: &str, kind_name: &str) -> Vec<Vec<u8>>
 }
 
 /// How many candidate slots per field kind the planner spells for a lookup with blind-index
-/// key `key_name` (src/lookup): one per version loaded now, plus one spare. Loading
-/// another version resets this backend's cached plans (keys::insert_all); the spare slot
-/// holds the version that a rotation by another session brings in while a cached plan
-/// runs (the session reloads the key in the middle of that execution). A slot function
-/// that finds more candidates than its plan has slots raises rather than miss a row.
+/// key `key_name` (src/lookup): one per version loaded now, which the planner brings in
+/// step with the keyring first. A rotation by another session invalidates this session's
+/// cached plans (src/rotation.rs) and loading a version resets them (keys::insert_all),
+/// so a plan is made again for the new count before it runs; a slot function that still
+/// finds more candidates than its plan has slots (a rotation committed in the middle of
+/// a statement) raises rather than miss a row.
 fn lookup_slots(key_name: &str) -> usize {
     usize::try_from(keys::versions_loaded(key_name))
         .unwrap_or(0)
         .max(1)
-        + 1
 }
 
 /// All the slots of a lookup: `lookup_slots` for each field kind it hashes under. The

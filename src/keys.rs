@@ -471,6 +471,16 @@ pub struct KeyInfo {
     pub privileges: Privileges,
 }
 
+/// Whether this session holds any blind-index key (its cached plans may hold transparent
+/// lookups, whose candidates depend on the versions loaded).
+pub fn any_blind_index_key_loaded() -> bool {
+    KEYS.with(|keys| {
+        keys.borrow()
+            .iter()
+            .any(|k| matches!(k.key, KeyMaterial::BlindIndex(_)))
+    })
+}
+
 /// How many versions of `name` this session holds.
 pub fn versions_loaded(name: &str) -> i32 {
     KEYS.with(|keys| keys.borrow().iter().filter(|k| k.name == name).count() as i32)

@@ -36,6 +36,13 @@ unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid:
         // The extension may have been dropped and re-created: look its objects up again.
         owner::forget_keyring();
         authz::forget_routines();
+        // A transparent lookup's plan holds one candidate slot per blind-index version
+        // loaded when it was planned (src/lookup): planned again, it follows a rotation
+        // (the planner brings the keys in step first). Only marks plans invalid, which
+        // is what PostgreSQL's own invalidation callbacks do; no catalog access.
+        if crate::keys::any_blind_index_key_loaded() {
+            pg_sys::ResetPlanCache();
+        }
     }
 }
 

@@ -5,7 +5,11 @@ use std::ffi::{c_char, c_int, CStr};
 
 use pgrx::pg_sys;
 
-/// The catalog objects the rewrite uses, looked up per planned statement (syscache hits).
+/// The catalog objects the rewrite uses. Looked up once per backend and kept until a
+/// change to pg_proc or pg_namespace (the extension created, dropped or updated) makes
+/// PostgreSQL call `forget`: the hook runs before every planned statement of every
+/// database, most of which never touch pg_dscsa.
+#[derive(Clone, Copy)]
 pub(super) struct Catalog {
     pub(super) namespace: pg_sys::Oid,
     pub(super) trigger_fn: pg_sys::Oid,
@@ -15,8 +19,65 @@ pub(super) struct Catalog {
     pub(super) bytea_eq_fn: pg_sys::Oid,
 }
 
+/// The last lookup (`None` before the first and after an invalidation; `Some(None)` when
+/// the extension is not installed, remembered too: that is the common case), and a count
+/// of invalidations, so that a lookup overtaken by one is not kept.
+struct Cached {
+    generation: u64,
+    catalog: Option<Option<Catalog>>,
+}
+
+static CACHED: std::sync::Mutex<Cached> = std::sync::Mutex::new(Cached {
+    generation: 0,
+    catalog: None,
+});
+
+/// Registers `forget` with the syscache (from _PG_init; backends inherit it).
+pub(super) fn init() {
+    for cache in [
+        pg_sys::SysCacheIdentifier::PROCOID,
+        pg_sys::SysCacheIdentifier::NAMESPACEOID,
+    ] {
+        // SAFETY: the callback is a function of this library, which is never unloaded.
+        unsafe {
+            pg_sys::CacheRegisterSyscacheCallback(
+                cache as c_int,
+                Some(forget),
+                pg_sys::Datum::from(0),
+            )
+        };
+    }
+}
+
+/// Syscache invalidation (a function or schema changed, or the caches were reset).
+unsafe extern "C-unwind" fn forget(_arg: pg_sys::Datum, _cache: c_int, _hash: u32) {
+    if let Ok(mut cached) = CACHED.lock() {
+        cached.generation += 1;
+        cached.catalog = None;
+    }
+}
+
 impl Catalog {
-    pub(super) unsafe fn lookup() -> Option<Catalog> {
+    /// The catalog objects, from the cache or looked up now. (The lock is never held
+    /// across a catalog access, which may process invalidations and call `forget`.)
+    pub(super) unsafe fn get() -> Option<Catalog> {
+        let generation = match CACHED.lock() {
+            Ok(cached) => match cached.catalog {
+                Some(known) => return known,
+                None => cached.generation,
+            },
+            Err(_) => return Catalog::lookup(),
+        };
+        let found = Catalog::lookup();
+        if let Ok(mut cached) = CACHED.lock() {
+            if cached.generation == generation {
+                cached.catalog = Some(found);
+            }
+        }
+        found
+    }
+
+    unsafe fn lookup() -> Option<Catalog> {
         let namespace = pg_sys::get_namespace_oid(c"dscsa".as_ptr(), true);
         if namespace == pg_sys::InvalidOid {
             return None;

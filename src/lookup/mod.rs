@@ -77,6 +77,7 @@ pub fn init() {
         PREV_PLANNER = pg_sys::planner_hook;
         pg_sys::planner_hook = Some(planner);
     }
+    catalog::init();
 }
 
 unsafe extern "C-unwind" fn planner(
@@ -96,7 +97,7 @@ unsafe extern "C-unwind" fn planner(
 
 #[pg_guard]
 unsafe extern "C-unwind" fn add_blind_index_conditions(parse: *mut pg_sys::Query) {
-    let Some(catalog) = Catalog::lookup() else {
+    let Some(catalog) = Catalog::get() else {
         return;
     };
     rewrite_query(parse, &catalog);
@@ -268,15 +269,11 @@ unsafe fn constrains(
     rtindex: pg_sys::Index,
     attno: pg_sys::AttrNumber,
 ) -> bool {
-    if quals.is_null() {
-        return false;
-    }
-    let mut attnos: *mut pg_sys::Bitmapset = std::ptr::null_mut();
-    pg_sys::pull_varattnos(quals, rtindex, &mut attnos);
-    pg_sys::bms_is_member(
-        i32::from(attno) - pg_sys::FirstLowInvalidHeapAttributeNumber,
-        attnos,
-    )
+    !quals.is_null()
+        && pg_sys::bms_is_member(
+            i32::from(attno) - pg_sys::FirstLowInvalidHeapAttributeNumber,
+            columns_read(quals, rtindex),
+        )
 }
 
 /// The WHERE clause, and the ON clauses of joins (inner ones may push into views).

@@ -120,9 +120,18 @@ pub(super) unsafe fn resolve(
 
 /// Variables of the current level that `node` reads from relation `rtindex`.
 pub(super) unsafe fn reads_relation(node: *mut pg_sys::Node, rtindex: pg_sys::Index) -> bool {
+    !columns_read(node, rtindex).is_null()
+}
+
+/// The columns of range-table entry `rtindex` that `node` reads, as `pull_varattnos`
+/// gives them (attribute numbers offset by `FirstLowInvalidHeapAttributeNumber`).
+pub(super) unsafe fn columns_read(
+    node: *mut pg_sys::Node,
+    rtindex: pg_sys::Index,
+) -> *mut pg_sys::Bitmapset {
     let mut attnos: *mut pg_sys::Bitmapset = std::ptr::null_mut();
     pg_sys::pull_varattnos(node, rtindex, &mut attnos);
-    !attnos.is_null()
+    attnos
 }
 
 /// The blind-index column of `target` as a column of query `q`: through a view, the

@@ -49,7 +49,11 @@ fn uses_blind_index(plan: &str) -> bool {
 
 fn uses_blind_index_on(plan: &str, column: &str) -> bool {
     // (The schema prints only when dscsa is not on the search_path.)
-    plan.contains(&format!("{column} = ANY ("))
+    // One key version loaded: `col = _blind_index_slot(...)`; more, or an IN list:
+    // `col = ANY (...)`.
+    (plan.contains(&format!("{column} = ANY ("))
+        || plan.contains(&format!("{column} = dscsa._blind_index_slot("))
+        || plan.contains(&format!("{column} = _blind_index_slot(")))
         && (plan.contains("blind_index_candidates(") || plan.contains("_blind_index_slot("))
         && plan.contains("Index")
 }
@@ -543,6 +547,51 @@ fn a_lookup_on_foreign_tables_is_sent_to_the_remote_server() {
         vec!["5000".to_string(), "77".to_string()]
     );
     assert_eq!(rows(&mut app, &in_list), found);
+}
+
+/// The hook keeps the catalog objects it uses from one statement to the next; dropping
+/// and re-creating the extension (new function OIDs) in the middle of a session, this
+/// one's or another's, is noticed: the next lookup plans with the new objects, without
+/// "cache lookup failed", and in between statements plan as if pg_dscsa were absent.
+#[test]
+fn the_hook_follows_the_extension_being_dropped_and_created_again() {
+    let (db, mut su) = fresh_db("lookup_recreate");
+    let setup = "SELECT dscsa.create_blind_index_key('bk'); SELECT dscsa.load_key('bk');
+         CREATE TABLE lot (id int PRIMARY KEY, name text NOT NULL);
+         INSERT INTO lot SELECT i, 'LOT-' || i FROM generate_series(1, 3000) i;
+         CALL dscsa.protect_column('lot', 'name', kind => 'lot', mode => 'in_place', blind_index_key => 'bk');
+         ANALYZE lot;";
+    su.batch_execute(setup).expect("protected table");
+    let sql = "SELECT id FROM lot WHERE dscsa.dscsa_decrypt(name) = 'LOT-42'";
+    let mut other = session_with_keys(&db, "postgres", &["k", "bk"]);
+    for c in [&mut su, &mut other] {
+        assert!(uses_blind_index(&plan(c, sql)));
+        assert_eq!(rows(c, sql), vec!["42".to_string()]);
+    }
+    su.batch_execute("DROP TABLE lot; DROP EXTENSION pg_dscsa CASCADE;")
+        .expect("drop the extension");
+    // Without the extension every statement still plans (nothing to add).
+    for c in [&mut su, &mut other] {
+        assert_eq!(
+            rows(c, "SELECT count(*) FROM pg_class WHERE relname = 'lot'"),
+            vec!["0".to_string()]
+        );
+    }
+    su.batch_execute(
+        "CREATE EXTENSION pg_dscsa;
+         SELECT dscsa.create_key('k'); SELECT dscsa.load_key('k'); SET dscsa.key_name = 'k';",
+    )
+    .expect("create the extension again");
+    su.batch_execute(setup).expect("protected table again");
+    other
+        .batch_execute(
+            "SET dscsa.key_name = 'k'; SELECT dscsa.load_key('k'), dscsa.load_key('bk');",
+        )
+        .expect("keys again");
+    for c in [&mut su, &mut other] {
+        assert!(uses_blind_index(&plan(c, sql)));
+        assert_eq!(rows(c, sql), vec!["42".to_string()]);
+    }
 }
 
 /// The hook runs for every statement of every role: one without any right on the dscsa
