@@ -55,8 +55,9 @@ pub(super) unsafe fn contains_sublink(node: *mut pg_sys::Node) -> bool {
     sublink_walker(node, std::ptr::null_mut())
 }
 
-/// `bidx = ANY (dscsa.blind_index_candidates(value, key, kind))`, `bidx` being the
-/// blind-index column of `col` as `q` sees it (the condition is for `q`'s quals).
+/// `bidx = ANY (dscsa.blind_index_candidates(value, key, kind))` or its slot spellings
+/// (below), `bidx` being the blind-index column of `col` as `q` sees it (the condition is
+/// for `q`'s quals).
 pub(super) unsafe fn implied_condition(
     catalog: &Catalog,
     q: *mut pg_sys::Query,
@@ -84,15 +85,16 @@ pub(super) unsafe fn implied_condition(
     // only (a join value changes per row, and postgres_fdw would not ship that anyway).
     let as_parameters =
         col.storage == Storage::Foreign && !row_dependent(value, std::ptr::null_mut());
-    if as_slots {
+    if as_parameters {
+        // The planner turns sublinks into init plans only where the query says it has any.
+        (*q).hasSubLinks = true;
+    }
+    let candidates: *mut pg_sys::Node = if as_slots {
         let mut slots = slots(catalog, value, &key, col.kind, as_parameters);
         if slots.len() == 1 {
             // One key version loaded (the usual case): a plain equality, which an index
             // scan takes as one scan key. An array of one would still go through
             // nbtree's array-key machinery: about 10 µs more per lookup, measured.
-            if as_parameters {
-                (*q).hasSubLinks = true;
-            }
             let eq = pg_sys::make_opclause(
                 pg_sys::Oid::from(pg_sys::ByteaEqualOperator),
                 pg_sys::BOOLOID,
@@ -105,9 +107,7 @@ pub(super) unsafe fn implied_condition(
             (*eq.cast::<pg_sys::OpExpr>()).opfuncid = catalog.bytea_eq_fn;
             return Some(eq.cast());
         }
-    }
-    let candidates: *mut pg_sys::Node = if as_slots {
-        array_of(slots(catalog, value, &key, col.kind, as_parameters))
+        array_of(slots)
     } else {
         // A copy: a query tree does not share nodes between two places.
         let value = pg_sys::copyObjectImpl(value.cast()).cast::<pg_sys::Node>();
@@ -130,10 +130,6 @@ pub(super) unsafe fn implied_condition(
             call
         }
     };
-    if as_parameters {
-        // The planner turns sublinks into init plans only where the query says it has any.
-        (*q).hasSubLinks = true;
-    }
     let saop =
         pgrx::PgBox::<pg_sys::ScalarArrayOpExpr>::alloc_node(pg_sys::NodeTag::T_ScalarArrayOpExpr)
             .into_pg();

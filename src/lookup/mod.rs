@@ -7,14 +7,14 @@
 //! imply:
 //!
 //! ```text
-//! dscsa_decrypt(t.col[, ctx]) = v          ->  ... AND t.col_bidx = ANY (ARRAY[dscsa._blind_index_slot(v, key, kind, 1), ...])
+//! dscsa_decrypt(t.col[, ctx]) = v          ->  ... AND t.col_bidx = dscsa._blind_index_slot(v, key, kind, 1)
 //! dscsa_decrypt(t.col[, ctx]) IN (a, b)    ->  ... AND t.col_bidx = ANY (dscsa.blind_index_candidates(ARRAY[a, b], key, kind))
 //! dscsa_decrypt(t.col) = u.other_col       ->  ... AND t.col_bidx = ANY (dscsa.blind_index_candidates(u.other_col, key, kind))
 //! ```
 //!
-//! (A lookup's candidates are one slot per loaded key version plus a spare, so that the
-//! planner can count them; on foreign tables each is an init plan, a parameter that
-//! postgres_fdw sends to the remote server: see condition.rs.)
+//! (A lookup's candidates are one slot per loaded key version, so that the planner can
+//! count them, and a plain `=` when there is one; on foreign tables each is an init
+//! plan, a parameter that postgres_fdw sends to the remote server: see condition.rs.)
 //!
 //! The original comparison stays as the recheck, so results are exactly those of the
 //! query as written: equal plaintexts have equal normalized forms and so equal blind
