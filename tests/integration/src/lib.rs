@@ -280,6 +280,20 @@ pub fn explain(c: &mut Client, options: &str, sql: &str) -> String {
         .join("\n")
 }
 
+/// Whether `plan` (EXPLAIN text) compares blind-index column `column` with the candidates
+/// the transparent lookup adds: `col = _blind_index_slot(...)` with one key version
+/// loaded, `col = ANY (...)` with more or for an IN list. (The schema prints only when
+/// dscsa is not on the search_path.)
+pub fn compares_blind_index(plan: &str, column: &str) -> bool {
+    [
+        format!("{column} = ANY ("),
+        format!("{column} = dscsa._blind_index_slot("),
+        format!("{column} = _blind_index_slot("),
+    ]
+    .iter()
+    .any(|spelling| plan.contains(spelling.as_str()))
+}
+
 /// A session of `user` with dscsa.key_name = 'k' set and `keys` loaded.
 pub fn session_with_keys(db: &str, user: &str, keys: &[&str]) -> Client {
     let mut c = connect(db, user);

@@ -4,7 +4,9 @@
 //! query of a generated set returns the same rows with it on and off, during a
 //! blind-index key rotation too), and it stays out of the way where it cannot help.
 
-use pg_dscsa_itest::{count, explain, fresh_db, session_with_keys, sqlstate, READER, WRITER};
+use pg_dscsa_itest::{
+    compares_blind_index, count, explain, fresh_db, session_with_keys, sqlstate, READER, WRITER,
+};
 use postgres::Client;
 
 /// An inventory schema in the style of an ERP: lots named per product, move lines that
@@ -49,11 +51,7 @@ fn uses_blind_index(plan: &str) -> bool {
 
 fn uses_blind_index_on(plan: &str, column: &str) -> bool {
     // (The schema prints only when dscsa is not on the search_path.)
-    // One key version loaded: `col = _blind_index_slot(...)`; more, or an IN list:
-    // `col = ANY (...)`.
-    (plan.contains(&format!("{column} = ANY ("))
-        || plan.contains(&format!("{column} = dscsa._blind_index_slot("))
-        || plan.contains(&format!("{column} = _blind_index_slot(")))
+    compares_blind_index(plan, column)
         && (plan.contains("blind_index_candidates(") || plan.contains("_blind_index_slot("))
         && plan.contains("Index")
 }
