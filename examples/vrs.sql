@@ -40,10 +40,9 @@ CREATE TABLE IF NOT EXISTS vrs.product_units (
 CREATE OR REPLACE PROCEDURE vrs.protect(mode text DEFAULT 'in_place')
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
-    SET dscsa.identifier_index_key = 'vrs_bidx'
 AS $$
 BEGIN
-    UPDATE vrs.product_units SET pi = dscsa.identifier_index(gtin, serial) WHERE pi IS NULL;
+    UPDATE vrs.product_units SET pi = dscsa.identifier_index(gtin, serial, 'vrs_bidx') WHERE pi IS NULL;
     IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'product_units_pi_key') THEN
         ALTER TABLE vrs.product_units ALTER COLUMN pi SET NOT NULL,
             ADD CONSTRAINT product_units_pi_key UNIQUE (pi);
@@ -59,7 +58,6 @@ $$;
 CREATE OR REPLACE FUNCTION vrs.commission(identifier text) RETURNS bigint
     LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
     SET search_path = pg_catalog, pg_temp
-    SET dscsa.identifier_index_key = 'vrs_bidx'
 AS $$
 DECLARE
     p record;
@@ -72,7 +70,7 @@ BEGIN
     INSERT INTO vrs.product_units (gtin, serial, lot, expiry, pi)
     VALUES (dscsa.dscsa_encrypt_gtin(p.gtin14), dscsa.dscsa_encrypt_serial(p.serial),
             dscsa.dscsa_encrypt_lot(p.lot), dscsa.dscsa_encrypt_expiry(vrs.expiry_date(p.expiry)),
-            dscsa.identifier_index(p.gtin14, p.serial))
+            dscsa.identifier_index(p.gtin14, p.serial, 'vrs_bidx'))
     RETURNING id INTO new_id;
     RETURN new_id;
 END
@@ -88,62 +86,66 @@ AS $$
                         ELSE to_date(yymmdd, 'YYMMDD') END, 'YYYY-MM-DD')
 $$;
 
+-- One SQL query, no SET clause: a SQL function without SET clauses whose body is one
+-- SELECT is inlined into the caller's query, so a prepared
+-- `SELECT * FROM vrs.verify($1, $2, $3, $4)` is planned once and runs as one plan,
+-- without a PL/pgSQL call and without saving and restoring settings on every request
+-- (that alone was about a quarter of the responder's CPU time, docs/BENCHMARKS.md).
+-- Without `SET search_path` the body must not depend on the caller's search_path: every
+-- table and function is schema-qualified and every operator spelled
+-- OPERATOR(pg_catalog.=), so a caller's schema cannot put its own in their place. (A
+-- SQL-standard BEGIN ATOMIC body would bind its names at creation, but it would also bind
+-- the columns' plaintext types before vrs.protect() encrypts them.)
+--
+-- The unit is the one row whose identifier index is among the candidates (one per loaded
+-- version of 'vrs_bidx', so that lookups keep working while the key is rotated) and
+-- whose decrypted GTIN and serial are the requested ones (the index is a truncated HMAC:
+-- the pair is confirmed); only that row's lot and expiry are decrypted. A GTIN or serial
+-- that breaks the GS1 rules identifies no unit. The candidates are computed in a
+-- sub-select: the planner then treats them as one value per execution and the prepared
+-- statement keeps one generic plan (given the call itself, it would estimate from its
+-- result at every planning and plan every execution again).
+--
+-- The body reads the columns as vrs.protect() leaves them (encrypted); it is checked
+-- when first used, not now, while they may still hold plaintext.
+SET check_function_bodies = off;
 CREATE OR REPLACE FUNCTION vrs.verify(gtin text, serial text, lot text, expiry text)
     RETURNS TABLE (verified boolean, verification_failure_reason text)
-    LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
-    SET search_path = pg_catalog, pg_temp
-    SET dscsa.identifier_index_key = 'vrs_bidx'
+    LANGUAGE sql STABLE PARALLEL RESTRICTED
 AS $$
-DECLARE
-    candidate bytea;
-    matched boolean := false;
-    want_gtin text := dscsa.normalize_identifier(verify.gtin, 'gtin');
-    unit record;
-    stored_expiry text;
-    want_expiry text := dscsa.normalize_identifier(verify.expiry, 'expiry');
-    lot_ok boolean;
-    expiry_ok boolean;
-BEGIN
-    -- A GTIN or serial that breaks the GS1 rules identifies no unit.
-    IF dscsa.gs1_violation(verify.gtin, 'gtin') IS NOT NULL
-       OR dscsa.gs1_violation(verify.serial, 'serial') IS NOT NULL THEN
-        RETURN QUERY SELECT false, 'No_match_GTIN_Serial';
-        RETURN;
-    END IF;
-    -- One index value per loaded key version, active first: normally one iteration; two
-    -- while the blind-index key is being rotated. Each is a scalar parameter of the
-    -- query, which keeps one generic plan (with "= ANY (array)" the planner would guess
-    -- ten elements for a generic plan and re-plan every call).
-    FOREACH candidate IN ARRAY dscsa.identifier_index_candidates(verify.gtin, verify.serial) LOOP
-        SELECT u.lot, u.expiry INTO unit
-          FROM vrs.product_units u
-         WHERE u.pi = candidate
-           -- The index is a truncated HMAC: confirm the pair on the decrypted values.
-           AND dscsa.dscsa_decrypt(u.serial) = verify.serial
-           AND dscsa.dscsa_decrypt(u.gtin) = want_gtin;
-        matched := FOUND;
-        EXIT WHEN matched;
-    END LOOP;
-    -- (Not FOUND itself: the loop statement sets it.)
-    IF NOT matched THEN
-        RETURN QUERY SELECT false, 'No_match_GTIN_Serial';
-        RETURN;
-    END IF;
-    lot_ok := dscsa.dscsa_decrypt(unit.lot) = dscsa.normalize_identifier(verify.lot, 'lot');
-    -- Expiry: YYMMDD equal, or requested day 00 (GS1: the last day of that month) and the
-    -- stored date is the last day of the requested month.
-    stored_expiry := dscsa.dscsa_decrypt(unit.expiry);
-    expiry_ok := dscsa.normalize_identifier(stored_expiry, 'expiry') = want_expiry
-        OR (right(want_expiry, 2) = '00'
-            AND left(dscsa.normalize_identifier(stored_expiry, 'expiry'), 4) = left(want_expiry, 4)
-            AND extract(day FROM stored_expiry::date + 1) = 1);
-    RETURN QUERY SELECT lot_ok AND expiry_ok,
-        CASE WHEN lot_ok AND expiry_ok THEN NULL
-             WHEN NOT lot_ok AND NOT expiry_ok THEN 'No_match_GTIN_Serial_Lot_Expiry'
-             WHEN NOT lot_ok THEN 'No_match_GTIN_Serial_Lot'
-             ELSE 'No_match_GTIN_Serial_Expiry' END;
-END
+    SELECT CASE WHEN m.matched THEN m.lot_ok AND m.expiry_ok ELSE false END,
+           CASE WHEN m.matched IS NULL THEN 'No_match_GTIN_Serial'
+                WHEN m.lot_ok AND m.expiry_ok THEN NULL
+                WHEN NOT m.lot_ok AND NOT m.expiry_ok THEN 'No_match_GTIN_Serial_Lot_Expiry'
+                WHEN NOT m.lot_ok THEN 'No_match_GTIN_Serial_Lot'
+                ELSE 'No_match_GTIN_Serial_Expiry' END
+      FROM (SELECT (SELECT CASE WHEN dscsa.gs1_violation($1, 'gtin') IS NULL
+                                 AND dscsa.gs1_violation($2, 'serial') IS NULL
+                                THEN dscsa.identifier_index_candidates($1, $2, 'vrs_bidx')
+                           END) AS candidates,
+                   dscsa.normalize_identifier($4, 'expiry') AS want_expiry) AS req
+      LEFT JOIN LATERAL (
+          SELECT true AS matched,
+                 dscsa.dscsa_decrypt(u.lot) OPERATOR(pg_catalog.=) dscsa.normalize_identifier($3, 'lot') AS lot_ok,
+                 -- Expiry: YYMMDD equal, or requested day 00 (GS1: the last day of that
+                 -- month) and the stored date is the last day of the requested month.
+                 e.yymmdd OPERATOR(pg_catalog.=) req.want_expiry
+                   OR (pg_catalog.right(req.want_expiry, 2) OPERATOR(pg_catalog.=) '00'
+                       AND pg_catalog.left(e.yymmdd, 4) OPERATOR(pg_catalog.=) pg_catalog.left(req.want_expiry, 4)
+                       AND e.next_day_of_month OPERATOR(pg_catalog.=) 1) AS expiry_ok
+            FROM pg_catalog.unnest(req.candidates) AS c(pi)
+            JOIN vrs.product_units u ON u.pi OPERATOR(pg_catalog.=) c.pi
+            -- Decrypted once (OFFSET 0 keeps the planner from copying the call into each
+            -- use), and only for the matching row.
+            CROSS JOIN LATERAL (
+                SELECT dscsa.normalize_identifier(d.iso, 'expiry') AS yymmdd,
+                       pg_catalog.date_part('day', d.iso::pg_catalog.date OPERATOR(pg_catalog.+) 1) AS next_day_of_month
+                  FROM (SELECT dscsa.dscsa_decrypt(u.expiry) AS iso OFFSET 0) AS d) AS e
+           WHERE dscsa.dscsa_decrypt(u.serial) OPERATOR(pg_catalog.=) $2
+             AND dscsa.dscsa_decrypt(u.gtin) OPERATOR(pg_catalog.=) dscsa.normalize_identifier($1, 'gtin')
+           LIMIT 1) AS m ON true
 $$;
+RESET check_function_bodies;
 
 -- The same request as one identifier in any GS1 spelling that carries all four fields.
 CREATE OR REPLACE FUNCTION vrs.verify(identifier text)

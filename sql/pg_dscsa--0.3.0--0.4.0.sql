@@ -902,6 +902,16 @@ CREATE OR REPLACE FUNCTION dscsa.identifier_index_candidates(identifier text) RE
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'identifier_index_candidates_of_wrapper';
 CREATE OR REPLACE FUNCTION dscsa.identifier_index_candidates(gtin text, serial text) RETURNS bytea[]
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'identifier_index_candidates_pair_wrapper';
+-- The same under a blind-index key named by the caller instead of the session's
+-- dscsa.identifier_index_key (for SQL that must not depend on a session setting).
+CREATE OR REPLACE FUNCTION dscsa.identifier_index(gtin text, serial text, key_name text) RETURNS bytea
+    STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'identifier_index_pair_with_key_wrapper';
+CREATE OR REPLACE FUNCTION dscsa.identifier_index_candidates(gtin text, serial text, key_name text) RETURNS bytea[]
+    STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'identifier_index_candidates_pair_with_key_wrapper';
+COMMENT ON FUNCTION dscsa.identifier_index(text, text, text) IS
+    'dscsa.identifier_index(gtin, serial) under the blind-index key named, not dscsa.identifier_index_key.';
+COMMENT ON FUNCTION dscsa.identifier_index_candidates(text, text, text) IS
+    'dscsa.identifier_index_candidates(gtin, serial) under the blind-index key named, not dscsa.identifier_index_key.';
 COMMENT ON FUNCTION dscsa.identifier_index(text) IS
     'Blind index of the canonical (GTIN-14, serial) pair of a unit in any spelling, under the active version of the key dscsa.identifier_index_key names.';
 COMMENT ON FUNCTION dscsa.identifier_index(text, text) IS
@@ -2561,5 +2571,7 @@ GRANT EXECUTE ON FUNCTION dscsa.gs1_problems(regclass, name, text),
     dscsa._raise_gs1_problems(regclass, name, text) TO dscsa_admin;
 -- The product-identifier blind index, like dscsa.blind_index (an HMAC, never a value).
 GRANT EXECUTE ON FUNCTION dscsa.identifier_index(text), dscsa.identifier_index(text, text),
-    dscsa.identifier_index_candidates(text), dscsa.identifier_index_candidates(text, text)
+    dscsa.identifier_index(text, text, text),
+    dscsa.identifier_index_candidates(text), dscsa.identifier_index_candidates(text, text),
+    dscsa.identifier_index_candidates(text, text, text)
     TO dscsa_reader, dscsa_writer;

@@ -163,5 +163,7 @@ GRANT EXECUTE ON FUNCTION dscsa.gs1_problems(regclass, name, text),
     dscsa._raise_gs1_problems(regclass, name, text) TO dscsa_admin;
 -- The product-identifier blind index, like dscsa.blind_index (an HMAC, never a value).
 GRANT EXECUTE ON FUNCTION dscsa.identifier_index(text), dscsa.identifier_index(text, text),
-    dscsa.identifier_index_candidates(text), dscsa.identifier_index_candidates(text, text)
+    dscsa.identifier_index(text, text, text),
+    dscsa.identifier_index_candidates(text), dscsa.identifier_index_candidates(text, text),
+    dscsa.identifier_index_candidates(text, text, text)
     TO dscsa_reader, dscsa_writer;

@@ -112,17 +112,17 @@ fn identifier_key() -> String {
     name
 }
 
-/// The product-identifier blind index of `pair` under the active version of the key.
-fn active_identifier_index(pair: &IdentifierPair) -> Vec<u8> {
-    with_active_version(&identifier_key(), FieldKind::Serial, |id, key| {
+/// The product-identifier blind index of `pair` under the active version of key `key_name`.
+fn active_identifier_index(pair: &IdentifierPair, key_name: &str) -> Vec<u8> {
+    with_active_version(key_name, FieldKind::Serial, |id, key| {
         key.compute_identifier(id, pair)
     })
 }
 
 /// ... and under every loaded version, active first (lookups during a key rotation).
-fn identifier_index_candidates(pair: &IdentifierPair) -> Vec<Vec<u8>> {
+fn identifier_index_candidates(pair: &IdentifierPair, key_name: &str) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
-    for_each_loaded_version(&identifier_key(), |id, key| {
+    for_each_loaded_version(key_name, |id, key| {
         audit::note(Op::BlindIndex, id, FieldKind::Serial, b"");
         out.push(key.compute_identifier(id, pair));
     });
@@ -141,22 +141,39 @@ fn pair(gtin: &str, serial: &str) -> IdentifierPair {
         .or_raise()
 }
 
+// The key is dscsa.identifier_index_key's, or named by the caller (a function that must
+// not depend on a session setting: examples/vrs.sql).
+
 #[pg_extern(sql = false)]
 fn identifier_index_of(identifier: &str) -> Vec<u8> {
-    active_identifier_index(&pair_of(identifier))
+    active_identifier_index(&pair_of(identifier), &identifier_key())
 }
 
 #[pg_extern(sql = false)]
 fn identifier_index_pair(gtin: &str, serial: &str) -> Vec<u8> {
-    active_identifier_index(&pair(gtin, serial))
+    active_identifier_index(&pair(gtin, serial), &identifier_key())
+}
+
+#[pg_extern(sql = false)]
+fn identifier_index_pair_with_key(gtin: &str, serial: &str, key_name: &str) -> Vec<u8> {
+    active_identifier_index(&pair(gtin, serial), key_name)
 }
 
 #[pg_extern(sql = false)]
 fn identifier_index_candidates_of(identifier: &str) -> Vec<Vec<u8>> {
-    identifier_index_candidates(&pair_of(identifier))
+    identifier_index_candidates(&pair_of(identifier), &identifier_key())
 }
 
 #[pg_extern(sql = false)]
 fn identifier_index_candidates_pair(gtin: &str, serial: &str) -> Vec<Vec<u8>> {
-    identifier_index_candidates(&pair(gtin, serial))
+    identifier_index_candidates(&pair(gtin, serial), &identifier_key())
+}
+
+#[pg_extern(sql = false)]
+fn identifier_index_candidates_pair_with_key(
+    gtin: &str,
+    serial: &str,
+    key_name: &str,
+) -> Vec<Vec<u8>> {
+    identifier_index_candidates(&pair(gtin, serial), key_name)
 }
