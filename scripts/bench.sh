@@ -97,6 +97,21 @@ server_cpu_ticks() {
     } | awk '{s += $1} END {print s}'
 }
 
+# Waits (up to two minutes) until the server does nothing else: no other session and no
+# autovacuum worker (after loading a million rows one is analyzing them), so that a run's
+# CPU time is its own.
+settle_server() {
+    local waited=0 busy
+    while (( waited < 1200 )); do
+        busy="$(as_postgres psql -X -At -h /tmp -p "${BENCH_PORT}" -d postgres -c "
+            SELECT count(*) FROM pg_stat_activity
+             WHERE pid <> pg_backend_pid() AND backend_type IN ('client backend', 'autovacuum worker')")"
+        [[ "${busy}" == 0 ]] && break
+        sleep 0.1; waited=$((waited + 1))
+    done
+    sleep 0.5   # the checking session's own backend exits
+}
+
 # Runs one pgbench script; prints tps, per-transaction latency percentiles (ms, from
 # pgbench's per-transaction log) and the server's CPU time per transaction (µs: what the
 # throughput would be on an otherwise idle machine; it moves far less than tps when
@@ -151,6 +166,7 @@ run_rounds() {
     for round in $(seq 1 "${VRS_ROUNDS}"); do
         log "${label} round ${round} of ${VRS_ROUNDS}"
         for k in $(seq 0 $((n - 1))); do
+            settle_server
             local name script options
             IFS='|' read -r name script options <<<"${configs[$(( (k + round - 1) % n ))]}"
             run_pgbench "${name}" "${script}" "${options}"
