@@ -352,6 +352,30 @@ fn nothing_is_added_where_it_cannot_help() {
         .expect("cleanup");
 }
 
+/// `units`, hash-partitioned four ways by its blind-index column (built by hand:
+/// protect_column protects ordinary tables): partitions 0 and 1 here, 2 and 3 and the
+/// indexes as `upper_partitions` makes them. 2,000 serials under the first version of
+/// `bk`, then `SN77` again (id 5000) under a second. Needs `bk` created and loaded.
+fn units_partitioned_by_blind_index(c: &mut Client, upper_partitions: &str) {
+    c.batch_execute(&format!(
+        "CREATE TABLE units (id bigint, serial dscsa.serial_encrypted NOT NULL, serial_bidx bytea NOT NULL)
+             PARTITION BY HASH (serial_bidx);
+         CREATE TABLE units_0 PARTITION OF units FOR VALUES WITH (MODULUS 4, REMAINDER 0);
+         CREATE TABLE units_1 PARTITION OF units FOR VALUES WITH (MODULUS 4, REMAINDER 1);
+         {upper_partitions}
+         -- The writer supplies the blind index (it routes the row); the trigger checks it.
+         CREATE TRIGGER dscsa_bidx_serial BEFORE INSERT OR UPDATE OF serial, serial_bidx ON units
+             FOR EACH ROW EXECUTE FUNCTION dscsa.blind_index_trigger('serial', 'serial_bidx', 'bk', '', 'k');
+         INSERT INTO units SELECT i, dscsa.dscsa_encrypt_serial('SN' || i), dscsa.blind_index('SN' || i, 'bk', 'serial')
+           FROM generate_series(1, 2000) i;
+         SELECT dscsa.rotate_key('bk'); SELECT dscsa.load_key('bk');
+         INSERT INTO units VALUES (5000, dscsa.dscsa_encrypt_serial('SN77'), dscsa.blind_index('SN77', 'bk', 'serial'));
+         ANALYZE units;
+"
+    ))
+    .expect("table partitioned by its blind index");
+}
+
 /// A table hash-partitioned by the blind-index column (built by hand: protect_column
 /// protects ordinary tables): a lookup by value touches one partition, found at executor
 /// start from the candidates, and still finds rows indexed under an older key version.
@@ -361,25 +385,17 @@ fn a_lookup_on_a_table_partitioned_by_the_blind_index_touches_one_partition() {
     su.batch_execute(
         "SELECT dscsa.create_blind_index_key('bk');
          SELECT dscsa.grant_key('bk', 'dscsa_reader', 'blind_index');
-         SELECT dscsa.load_key('bk');
-         CREATE TABLE units (id bigint, serial dscsa.serial_encrypted NOT NULL, serial_bidx bytea NOT NULL)
-             PARTITION BY HASH (serial_bidx);
-         CREATE TABLE units_0 PARTITION OF units FOR VALUES WITH (MODULUS 4, REMAINDER 0);
-         CREATE TABLE units_1 PARTITION OF units FOR VALUES WITH (MODULUS 4, REMAINDER 1);
-         CREATE TABLE units_2 PARTITION OF units FOR VALUES WITH (MODULUS 4, REMAINDER 2);
-         CREATE TABLE units_3 PARTITION OF units FOR VALUES WITH (MODULUS 4, REMAINDER 3);
-         CREATE INDEX ON units (serial_bidx);
-         -- The writer supplies the blind index (it routes the row); the trigger checks it.
-         CREATE TRIGGER dscsa_bidx_serial BEFORE INSERT OR UPDATE OF serial, serial_bidx ON units
-             FOR EACH ROW EXECUTE FUNCTION dscsa.blind_index_trigger('serial', 'serial_bidx', 'bk', '', 'k');
-         INSERT INTO units SELECT i, dscsa.dscsa_encrypt_serial('SN' || i), dscsa.blind_index('SN' || i, 'bk', 'serial')
-           FROM generate_series(1, 2000) i;
-         SELECT dscsa.rotate_key('bk'); SELECT dscsa.load_key('bk');
-         INSERT INTO units VALUES (5000, dscsa.dscsa_encrypt_serial('SN77'), dscsa.blind_index('SN77', 'bk', 'serial'));
-         ANALYZE units;
-         GRANT SELECT ON units TO dscsa_reader;",
+         SELECT dscsa.load_key('bk');",
     )
-    .expect("partitioned table");
+    .expect("key");
+    units_partitioned_by_blind_index(
+        &mut su,
+        "CREATE TABLE units_2 PARTITION OF units FOR VALUES WITH (MODULUS 4, REMAINDER 2);
+         CREATE TABLE units_3 PARTITION OF units FOR VALUES WITH (MODULUS 4, REMAINDER 3);
+         CREATE INDEX ON units (serial_bidx);",
+    );
+    su.batch_execute("GRANT SELECT ON units TO dscsa_reader;")
+        .expect("grant");
     let mut app = session_with_keys(&db, READER, &["k", "bk"]);
     let sql = "SELECT id FROM units WHERE dscsa.dscsa_decrypt(serial) = 'SN77'";
     let analyzed = explain_analyze(&mut app, sql);
@@ -439,24 +455,18 @@ fn a_lookup_on_foreign_tables_is_sent_to_the_remote_server() {
          SELECT dscsa.create_blind_index_key('bk');
          SELECT dscsa.grant_key('bk', 'dscsa_reader', 'blind_index');
          SELECT dscsa.load_key('bk');
-         CREATE TABLE units (id bigint, serial dscsa.serial_encrypted NOT NULL, serial_bidx bytea NOT NULL)
-             PARTITION BY HASH (serial_bidx);
-         CREATE TABLE units_0 PARTITION OF units FOR VALUES WITH (MODULUS 4, REMAINDER 0);
-         CREATE TABLE units_1 PARTITION OF units FOR VALUES WITH (MODULUS 4, REMAINDER 1);
-         CREATE FOREIGN TABLE units_2 PARTITION OF units FOR VALUES WITH (MODULUS 4, REMAINDER 2) SERVER shard;
-         CREATE FOREIGN TABLE units_3 PARTITION OF units FOR VALUES WITH (MODULUS 4, REMAINDER 3) SERVER shard;
-         CREATE INDEX ON units_0 (serial_bidx); CREATE INDEX ON units_1 (serial_bidx);
-         CREATE TRIGGER dscsa_bidx_serial BEFORE INSERT OR UPDATE OF serial, serial_bidx ON units
-             FOR EACH ROW EXECUTE FUNCTION dscsa.blind_index_trigger('serial', 'serial_bidx', 'bk', '', 'k');
-         INSERT INTO units SELECT i, dscsa.dscsa_encrypt_serial('SN' || i), dscsa.blind_index('SN' || i, 'bk', 'serial')
-           FROM generate_series(1, 2000) i;
-         SELECT dscsa.rotate_key('bk'); SELECT dscsa.load_key('bk');
-         INSERT INTO units VALUES (5000, dscsa.dscsa_encrypt_serial('SN77'), dscsa.blind_index('SN77', 'bk', 'serial'));
-         ANALYZE units;
-         GRANT SELECT ON units, units_2 TO dscsa_reader;",
+",
         port = pg_dscsa_itest::port()
     ))
-    .expect("sharded table");
+    .expect("foreign server and key");
+    units_partitioned_by_blind_index(
+        &mut su,
+        "CREATE FOREIGN TABLE units_2 PARTITION OF units FOR VALUES WITH (MODULUS 4, REMAINDER 2) SERVER shard;
+         CREATE FOREIGN TABLE units_3 PARTITION OF units FOR VALUES WITH (MODULUS 4, REMAINDER 3) SERVER shard;
+         CREATE INDEX ON units_0 (serial_bidx); CREATE INDEX ON units_1 (serial_bidx);",
+    );
+    su.batch_execute("GRANT SELECT ON units, units_2 TO dscsa_reader;")
+        .expect("grant");
     let remote_rows = count(&mut remote, "SELECT count(*) FROM units_2")
         + count(&mut remote, "SELECT count(*) FROM units_3");
     assert!(
