@@ -99,12 +99,16 @@ $$;
 --
 -- The unit is the one row whose identifier index is among the candidates (one per loaded
 -- version of 'vrs_bidx', so that lookups keep working while the key is rotated) and
--- whose decrypted GTIN and serial are the requested ones (the index is a truncated HMAC:
--- the pair is confirmed); only that row's lot and expiry are decrypted. A GTIN or serial
--- that breaks the GS1 rules identifies no unit. The candidates are computed in a
--- sub-select: the planner then treats them as one value per execution and the prepared
--- statement keeps one generic plan (given the call itself, it would estimate from its
--- result at every planning and plan every execution again).
+-- which dscsa.identifier_matches confirms: its decrypted GTIN and serial are the
+-- requested ones (the index is a truncated HMAC). Only that row's lot and expiry are
+-- decrypted, by dscsa.verification_failure_reason, which applies GS1's rules (YYMMDD,
+-- day 00 for the month's last day) and returns NULL or the PI-VRS reason. The two
+-- functions do in two calls what a dozen dscsa_decrypt/normalize_identifier calls and
+-- date arithmetic did before (docs/GS1.md, "Verification"). A GTIN or serial that breaks
+-- the GS1 rules identifies no unit. The candidates are computed in a sub-select: the
+-- planner then treats them as one value per execution and the prepared statement keeps
+-- one generic plan (given the call itself, it would estimate from its result at every
+-- planning and plan every execution again).
 --
 -- The body reads the columns as vrs.protect() leaves them (encrypted); it is checked
 -- when first used, not now, while they may still hold plaintext.
@@ -113,36 +117,18 @@ CREATE OR REPLACE FUNCTION vrs.verify(gtin text, serial text, lot text, expiry t
     RETURNS TABLE (verified boolean, verification_failure_reason text)
     LANGUAGE sql STABLE PARALLEL RESTRICTED
 AS $$
-    SELECT CASE WHEN m.matched THEN m.lot_ok AND m.expiry_ok ELSE false END,
-           CASE WHEN m.matched IS NULL THEN 'No_match_GTIN_Serial'
-                WHEN m.lot_ok AND m.expiry_ok THEN NULL
-                WHEN NOT m.lot_ok AND NOT m.expiry_ok THEN 'No_match_GTIN_Serial_Lot_Expiry'
-                WHEN NOT m.lot_ok THEN 'No_match_GTIN_Serial_Lot'
-                ELSE 'No_match_GTIN_Serial_Expiry' END
-      FROM (SELECT (SELECT CASE WHEN dscsa.gs1_violation($1, 'gtin') IS NULL
-                                 AND dscsa.gs1_violation($2, 'serial') IS NULL
-                                THEN dscsa.identifier_index_candidates($1, $2, 'vrs_bidx')
-                           END) AS candidates,
-                   dscsa.normalize_identifier($4, 'expiry') AS want_expiry) AS req
+    SELECT m.matched IS NOT NULL AND m.reason IS NULL,
+           CASE WHEN m.matched IS NULL THEN 'No_match_GTIN_Serial' ELSE m.reason END
+      FROM (SELECT 1) AS req
       LEFT JOIN LATERAL (
           SELECT true AS matched,
-                 dscsa.dscsa_decrypt(u.lot) OPERATOR(pg_catalog.=) dscsa.normalize_identifier($3, 'lot') AS lot_ok,
-                 -- Expiry: YYMMDD equal, or requested day 00 (GS1: the last day of that
-                 -- month) and the stored date is the last day of the requested month.
-                 e.yymmdd OPERATOR(pg_catalog.=) req.want_expiry
-                   OR (pg_catalog.right(req.want_expiry, 2) OPERATOR(pg_catalog.=) '00'
-                       AND pg_catalog.left(e.yymmdd, 4) OPERATOR(pg_catalog.=) pg_catalog.left(req.want_expiry, 4)
-                       AND e.next_day_of_month OPERATOR(pg_catalog.=) 1) AS expiry_ok
-            FROM pg_catalog.unnest(req.candidates) AS c(pi)
+                 dscsa.verification_failure_reason(u.lot, u.expiry, $3, $4) AS reason
+            FROM pg_catalog.unnest((SELECT CASE WHEN dscsa.gs1_violation($1, 'gtin') IS NULL
+                                                 AND dscsa.gs1_violation($2, 'serial') IS NULL
+                                                THEN dscsa.identifier_index_candidates($1, $2, 'vrs_bidx')
+                                           END)) AS c(pi)
             JOIN vrs.product_units u ON u.pi OPERATOR(pg_catalog.=) c.pi
-            -- Decrypted once (OFFSET 0 keeps the planner from copying the call into each
-            -- use), and only for the matching row.
-            CROSS JOIN LATERAL (
-                SELECT dscsa.normalize_identifier(d.iso, 'expiry') AS yymmdd,
-                       pg_catalog.date_part('day', d.iso::pg_catalog.date OPERATOR(pg_catalog.+) 1) AS next_day_of_month
-                  FROM (SELECT dscsa.dscsa_decrypt(u.expiry) AS iso OFFSET 0) AS d) AS e
-           WHERE dscsa.dscsa_decrypt(u.serial) OPERATOR(pg_catalog.=) $2
-             AND dscsa.dscsa_decrypt(u.gtin) OPERATOR(pg_catalog.=) dscsa.normalize_identifier($1, 'gtin')
+           WHERE dscsa.identifier_matches(u.gtin, u.serial, $1, $2)
            LIMIT 1) AS m ON true
 $$;
 RESET check_function_bodies;

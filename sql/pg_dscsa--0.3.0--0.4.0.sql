@@ -971,6 +971,21 @@ BEGIN
 END
 $$;
 
+-- A VRS responder's decision on one unit, in one call each (docs/GS1.md, "Verification"):
+-- only a verdict leaves, but each field is authorized and recorded as a decryption (the
+-- verdict says whether its plaintext equals the request). For fields sealed without a
+-- context. PARALLEL RESTRICTED like dscsa_decrypt: keys are loaded per session.
+CREATE OR REPLACE FUNCTION dscsa.identifier_matches(gtin dscsa.gtin_encrypted, serial dscsa.serial_encrypted,
+    request_gtin text, request_serial text) RETURNS boolean
+    STABLE STRICT PARALLEL RESTRICTED COST 100 LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_identifier_matches';
+COMMENT ON FUNCTION dscsa.identifier_matches(dscsa.gtin_encrypted, dscsa.serial_encrypted, text, text) IS
+    'Whether an encrypted unit is the requested one: serial number exactly, GTIN as GTIN-14 (any length requested).';
+CREATE OR REPLACE FUNCTION dscsa.verification_failure_reason(lot dscsa.lot_encrypted, expiry dscsa.expiry_encrypted,
+    request_lot text, request_expiry text) RETURNS text
+    STABLE STRICT PARALLEL RESTRICTED COST 100 LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_verification_failure_reason';
+COMMENT ON FUNCTION dscsa.verification_failure_reason(dscsa.lot_encrypted, dscsa.expiry_encrypted, text, text) IS
+    'NULL when an encrypted unit''s lot and expiry match the request (YYMMDD; day 00: the month''s last day), else the PI-VRS reason No_match_GTIN_Serial_Lot, _Expiry or _Lot_Expiry.';
+
 -- ======== sql/protect.sql ========
 
 -- pg_dscsa: protecting columns of existing tables (docs/PROTECT.md).
@@ -2575,3 +2590,8 @@ GRANT EXECUTE ON FUNCTION dscsa.identifier_index(text), dscsa.identifier_index(t
     dscsa.identifier_index_candidates(text), dscsa.identifier_index_candidates(text, text),
     dscsa.identifier_index_candidates(text, text, text)
     TO dscsa_reader, dscsa_writer;
+-- A VRS verdict decrypts (each field is checked against the key's decrypt grant too).
+GRANT EXECUTE ON FUNCTION
+    dscsa.identifier_matches(dscsa.gtin_encrypted, dscsa.serial_encrypted, text, text),
+    dscsa.verification_failure_reason(dscsa.lot_encrypted, dscsa.expiry_encrypted, text, text)
+    TO dscsa_reader;

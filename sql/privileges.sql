@@ -167,3 +167,8 @@ GRANT EXECUTE ON FUNCTION dscsa.identifier_index(text), dscsa.identifier_index(t
     dscsa.identifier_index_candidates(text), dscsa.identifier_index_candidates(text, text),
     dscsa.identifier_index_candidates(text, text, text)
     TO dscsa_reader, dscsa_writer;
+-- A VRS verdict decrypts (each field is checked against the key's decrypt grant too).
+GRANT EXECUTE ON FUNCTION
+    dscsa.identifier_matches(dscsa.gtin_encrypted, dscsa.serial_encrypted, text, text),
+    dscsa.verification_failure_reason(dscsa.lot_encrypted, dscsa.expiry_encrypted, text, text)
+    TO dscsa_reader;

@@ -56,6 +56,24 @@ pub(crate) fn open_transient(
         .map_err(explain_missing_key)?
 }
 
+/// Authenticates and decrypts a field of `kind` sealed without a context, for a caller
+/// that compares it and returns only the verdict (src/vrs.rs): recorded as a decryption,
+/// admitted by the trail before the verdict leaves, like `dscsa_decrypt`'s plaintext.
+pub(crate) fn open_for_comparison(envelope: &[u8], kind: FieldKind) -> Result<Zeroizing<Vec<u8>>> {
+    let env = Envelope::parse(envelope)?;
+    if env.kind != kind {
+        return Err(Error::FieldKindMismatch {
+            expected: kind.name(),
+            found: env.kind.name(),
+        });
+    }
+    keyring::sync_with_keyring();
+    let plaintext = keys::with_key_id(env.key_id, OpenFor::Decrypt, |key| open(key, &env, b""))
+        .map_err(explain_missing_key)??;
+    audit::note_disclosure(Op::Decrypt, env.key_id, env.kind, b"")?;
+    Ok(plaintext)
+}
+
 /// Tells a key that is merely not loaded from a key id no keyring entry has (a modified
 /// header, or data without its keyring); asked only on this error path.
 fn explain_missing_key(e: Error) -> Error {

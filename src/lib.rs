@@ -32,6 +32,7 @@ mod rotation;
 mod shmem;
 mod triggers;
 mod type_io;
+mod vrs;
 mod worker;
 mod wrapping;
 

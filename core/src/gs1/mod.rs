@@ -17,6 +17,7 @@ mod digital_link;
 mod element;
 mod epc;
 mod rules;
+pub mod verify;
 
 use std::borrow::Cow;
 

@@ -143,7 +143,7 @@ pub fn expiry_field(value: &str, now_year: i32) -> Result<()> {
     Ok(())
 }
 
-fn days_in_month(year: i32, mm: i32) -> i32 {
+pub(crate) fn days_in_month(year: i32, mm: i32) -> i32 {
     match mm {
         2 if leap(year) => 29,
         2 => 28,

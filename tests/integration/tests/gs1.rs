@@ -4,7 +4,8 @@
 //! spelling, and the product-identifier blind index as a UNIQUE constraint.
 
 use pg_dscsa_itest::{
-    connect, count, env, error_text, explain, fresh_db, session_with_keys, sqlstate, WRITER,
+    connect, count, env, error_text, explain, fresh_db, session_with_keys, sqlstate, NOBODY,
+    READER, WRITER,
 };
 
 #[test]
@@ -357,4 +358,113 @@ fn validation_errors_leave_no_value_in_the_server_log() {
     for line in ours {
         assert!(!line.contains("GS1LOGMARK"), "value in the log: {line}");
     }
+}
+
+/// `dscsa.identifier_matches` and `dscsa.verification_failure_reason`: the VRS decision
+/// on encrypted fields, with every reason code, GS1's day 00, any GTIN length; only for
+/// readers granted the key's decrypt privilege; a modified field raises XX001, never a
+/// verdict.
+#[test]
+fn vrs_verdicts_on_encrypted_fields() {
+    let (db, mut su) = fresh_db("gs1_vrs_verdicts");
+    su.batch_execute(
+        "CREATE TABLE unit (id int PRIMARY KEY, gtin dscsa.gtin_encrypted, serial dscsa.serial_encrypted,
+                            lot dscsa.lot_encrypted, expiry dscsa.expiry_encrypted);
+         INSERT INTO unit VALUES (1, dscsa.dscsa_encrypt_gtin('614141000012'), dscsa.dscsa_encrypt_serial('SN/1'),
+                                 dscsa.dscsa_encrypt_lot('B1'), dscsa.dscsa_encrypt_expiry('2028-02-29'));
+         GRANT SELECT, UPDATE ON unit TO dscsa_reader, itest_nobody;",
+    )
+    .expect("unit");
+    let mut reader = session_with_keys(&db, READER, &["k"]);
+    let matches = |c: &mut postgres::Client, gtin: &str, serial: &str| -> bool {
+        c.query_one(
+            "SELECT dscsa.identifier_matches(gtin, serial, $1, $2) FROM unit WHERE id = 1",
+            &[&gtin, &serial],
+        )
+        .expect("identifier_matches")
+        .get(0)
+    };
+    assert!(matches(&mut reader, "00614141000012", "SN/1"));
+    assert!(matches(&mut reader, "614141000012", "SN/1"), "GTIN-12");
+    assert!(
+        !matches(&mut reader, "00614141000012", "sn/1"),
+        "serials are case-sensitive"
+    );
+    assert!(!matches(&mut reader, "00614141000029", "SN/1"));
+    assert!(!matches(&mut reader, "not a gtin", "SN/1"));
+    let reason = |c: &mut postgres::Client, lot: &str, expiry: &str| -> Option<String> {
+        c.query_one(
+            "SELECT dscsa.verification_failure_reason(lot, expiry, $1, $2) FROM unit WHERE id = 1",
+            &[&lot, &expiry],
+        )
+        .expect("verification_failure_reason")
+        .get(0)
+    };
+    assert_eq!(reason(&mut reader, "B1", "280229"), None);
+    assert_eq!(
+        reason(&mut reader, "B1", "280200"),
+        None,
+        "day 00: the month's last day (leap year)"
+    );
+    assert_eq!(
+        reason(&mut reader, "B2", "280229").as_deref(),
+        Some("No_match_GTIN_Serial_Lot")
+    );
+    assert_eq!(
+        reason(&mut reader, "B1", "280228").as_deref(),
+        Some("No_match_GTIN_Serial_Expiry")
+    );
+    assert_eq!(
+        reason(&mut reader, "b1", "2802"),
+        Some("No_match_GTIN_Serial_Lot_Expiry".to_string())
+    );
+    // Not a reader: no EXECUTE. A reader whose decrypt grant is revoked: refused per key.
+    let mut nobody = connect(&db, NOBODY);
+    assert_eq!(
+        sqlstate(nobody.query_one(
+            "SELECT dscsa.identifier_matches(gtin, serial, '00614141000012', 'SN/1') FROM unit",
+            &[]
+        )),
+        "42501"
+    );
+    su.batch_execute("SELECT dscsa.revoke_key('k', 'dscsa_reader', 'decrypt')")
+        .expect("revoke");
+    assert_eq!(
+        sqlstate(reader.query_one(
+            "SELECT dscsa.verification_failure_reason(lot, expiry, 'B1', '280229') FROM unit",
+            &[],
+        )),
+        "55000",
+        "the revocation unloads the key from the reader's session: no verdict after it"
+    );
+    assert_eq!(
+        sqlstate(reader.execute("SELECT dscsa.load_key('k')", &[])),
+        "42501",
+        "nor can it be loaded again"
+    );
+    su.batch_execute("SELECT dscsa.grant_key('k', 'dscsa_reader', 'decrypt')")
+        .expect("grant");
+    // A modified lot raises, and so does a modified GTIN even when the serial matches.
+    su.batch_execute(
+        "UPDATE unit SET lot = dscsa.to_encrypted(set_byte(dscsa.envelope_bytes(lot), 30,
+                 get_byte(dscsa.envelope_bytes(lot), 30) # 1))::dscsa.lot_encrypted,
+                         gtin = dscsa.to_encrypted(set_byte(dscsa.envelope_bytes(gtin), 30,
+                 get_byte(dscsa.envelope_bytes(gtin), 30) # 1))::dscsa.gtin_encrypted",
+    )
+    .expect("tamper");
+    let mut reader = session_with_keys(&db, READER, &["k"]);
+    assert_eq!(
+        sqlstate(reader.query_one(
+            "SELECT dscsa.verification_failure_reason(lot, expiry, 'B1', '280229') FROM unit",
+            &[]
+        )),
+        "XX001"
+    );
+    assert_eq!(
+        sqlstate(reader.query_one(
+            "SELECT dscsa.identifier_matches(gtin, serial, '00614141000012', 'SN/1') FROM unit",
+            &[]
+        )),
+        "XX001"
+    );
 }
