@@ -61,17 +61,24 @@ pub(crate) fn open_transient(
 /// admitted by the trail before the verdict leaves, like `dscsa_decrypt`'s plaintext.
 pub(crate) fn open_for_comparison(envelope: &[u8], kind: FieldKind) -> Result<Zeroizing<Vec<u8>>> {
     let env = Envelope::parse(envelope)?;
-    if env.kind != kind {
-        return Err(Error::FieldKindMismatch {
-            expected: kind.name(),
-            found: env.kind.name(),
-        });
-    }
+    require_kind(&env, kind)?;
     keyring::sync_with_keyring();
     let plaintext = keys::with_key_id(env.key_id, OpenFor::Decrypt, |key| open(key, &env, b""))
         .map_err(explain_missing_key)??;
     audit::note_disclosure(Op::Decrypt, env.key_id, env.kind, b"")?;
     Ok(plaintext)
+}
+
+/// A field function's envelope must hold its own field kind (checked before the key is
+/// used; GCM would refuse it too, since the kind is authenticated).
+fn require_kind(env: &Envelope<'_>, expected: FieldKind) -> Result<()> {
+    if env.kind == expected {
+        return Ok(());
+    }
+    Err(Error::FieldKindMismatch {
+        expected: expected.name(),
+        found: env.kind.name(),
+    })
 }
 
 /// Tells a key that is merely not loaded from a key id no keyring entry has (a modified
@@ -137,12 +144,7 @@ fn decrypt_to_text(
 ) -> Result<pg_sys::Datum> {
     let env = Envelope::parse(envelope)?;
     if let Some(expected) = expect {
-        if env.kind != expected {
-            return Err(Error::FieldKindMismatch {
-                expected: expected.name(),
-                found: env.kind.name(),
-            });
-        }
+        require_kind(&env, expected)?;
     }
     check_context(context)?;
     keyring::sync_with_keyring();

@@ -29,7 +29,8 @@ use crate::fmgr::{arg_bytes, pg_v1_function, return_null, varlena_from};
 unsafe fn field(fcinfo: pg_sys::FunctionCallInfo, n: usize, kind: FieldKind) -> Zeroizing<String> {
     let envelope = arg_bytes(fcinfo, n);
     match open_for_comparison(envelope, kind) {
-        Ok(plaintext) => match String::from_utf8(plaintext.to_vec()) {
+        // The buffer moves into the String (no copy); either way it is zeroized on drop.
+        Ok(mut plaintext) => match String::from_utf8(std::mem::take(&mut *plaintext)) {
             Ok(text) => Zeroizing::new(text),
             Err(e) => {
                 let mut bytes = e.into_bytes();

@@ -33,17 +33,6 @@ impl Mismatch {
     }
 }
 
-/// Whether a stored unit (GTIN-14 as pg_dscsa stores it, serial number) is the one
-/// requested (any GTIN length, with or without surrounding blanks).
-pub fn identifier_matches(
-    stored_gtin: &str,
-    stored_serial: &str,
-    requested_gtin: &str,
-    requested_serial: &str,
-) -> bool {
-    serial_matches(stored_serial, requested_serial) && gtin_matches(stored_gtin, requested_gtin)
-}
-
 /// Whether a stored serial number is the requested one: exactly (AI 21 is
 /// case-sensitive, and the identifier index hashes it as it is).
 pub fn serial_matches(stored: &str, requested: &str) -> bool {
@@ -134,7 +123,7 @@ mod tests {
         #[test]
         fn arbitrary_fields_never_panic(stored in "\\PC{0,12}", requested in "\\PC{0,12}") {
             let _ = lot_expiry_mismatch(&stored, &stored, &requested, &requested, 2026);
-            let _ = identifier_matches(&stored, &stored, &requested, &requested);
+            let _ = (gtin_matches(&stored, &requested), serial_matches(&stored, &requested));
             prop_assert!(expiry_matches(&stored, &stored, 2026));
         }
 
@@ -153,43 +142,14 @@ mod tests {
     }
 
     #[test]
-    fn the_identifier_matches_in_any_gtin_length_and_only_the_exact_serial() {
-        assert!(identifier_matches(
-            "00614141000012",
-            "SN1",
-            "614141000012",
-            "SN1"
-        ));
-        assert!(identifier_matches(
-            "00614141000012",
-            "SN1",
-            " 0614141000012 ",
-            "SN1"
-        ));
-        assert!(identifier_matches(
-            "00614141000012",
-            "SN1",
-            "00614141000012",
-            "SN1"
-        ));
-        assert!(!identifier_matches(
-            "00614141000012",
-            "SN1",
-            "00614141000012",
-            "sn1"
-        ));
-        assert!(!identifier_matches(
-            "00614141000012",
-            "SN1",
-            "00614141000029",
-            "SN1"
-        ));
-        assert!(!identifier_matches(
-            "00614141000012",
-            "SN1",
-            "00614141000012",
-            "SN10"
-        ));
+    fn the_gtin_matches_in_any_length_and_the_serial_only_exactly() {
+        assert!(gtin_matches("00614141000012", "614141000012"));
+        assert!(gtin_matches("00614141000012", " 0614141000012 "));
+        assert!(gtin_matches("00614141000012", "00614141000012"));
+        assert!(!gtin_matches("00614141000012", "00614141000029"));
+        assert!(serial_matches("SN1", "SN1"));
+        assert!(!serial_matches("SN1", "sn1"));
+        assert!(!serial_matches("SN1", "SN10"));
     }
 
     #[test]
