@@ -91,7 +91,7 @@ pub extern "C-unwind" fn _PG_init() {
 
 /// In-backend tests live in pgrx-tests/ (they compile into the extension under the
 /// `pg_test` feature, as `cargo pgrx test` requires).
-#[cfg(any(test, feature = "pg_test"))]
+#[cfg(feature = "pg_test")]
 #[path = "../pgrx-tests/mod.rs"]
 mod pg_tests;
 
