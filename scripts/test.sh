@@ -3,7 +3,8 @@
 #   1. cargo fmt --check, cargo clippy -D warnings, the upgrade script up to date
 #   2. the pure-Rust core: unit, property, test-vector and 10-million-nonce tests
 #   3. #[pg_test] tests inside a PostgreSQL backend (cargo pgrx test, as user postgres)
-#   4. pg_regress tests (tests/regress) against a private cluster
+#   4. pg_regress tests (tests/regress) and isolation specs (tests/isolation) against a
+#      private cluster
 #   5. client integration tests (tests/integration) against the same cluster, with
 #      pgbouncer (transaction pooling) in front of it for the pooler tests
 #   6. the search_path pass: 4 and 5 again with a booby-trapped schema
@@ -105,23 +106,40 @@ export DSCSA_TEST_PORT="${TEST_PORT}" DSCSA_TEST_DATADIR="${DATADIR}" \
        DSCSA_TEST_STANDBY_DATADIR="${STANDBY_DIR}" DSCSA_TEST_KMS_DIR="${KMS_PROVIDERS_DIR}" \
        DSCSA_TEST_KMS_VENV="${KMS_VENV}" DSCSA_TEST_BAO_PORT="${BAO_PORT}" DSCSA_TEST_MOTO_PORT="${MOTO_PORT}"
 
+# One of PostgreSQL's test drivers (pgxs's test/regress/pg_regress or
+# test/isolation/pg_isolation_regress) over every test its folder holds, in database DB.
+#   run_pgxs_tests DRIVER INPUTDIR SUBDIR SUFFIX DB LABEL
+run_pgxs_tests() {
+    local driver="$1" inputdir="$2" subdir="$3" suffix="$4" db="$5" label="$6"
+    local out="${TEST_ROOT}/${label}" pgxs_dir
+    mkdir -p "${out}"
+    pgxs_dir="$(dirname "$("${PG_CONFIG}" --pgxs)")"
+    if ! "${pgxs_dir}/../test/${driver}" \
+            --inputdir="${inputdir}" --outputdir="${out}" \
+            --host=127.0.0.1 --port="${TEST_PORT}" --user=postgres \
+            --use-existing --dbname="${db}" \
+            $(cd "${inputdir}/${subdir}" && ls -- *"${suffix}" | sed "s/\\${suffix}\$//" | sort); then
+        cat "${out}/regression.diffs" >&2 || true
+        die "${label} tests failed"
+    fi
+}
+
 # pg_regress against a database made here, whose search_path is the pass's.
 run_regress() {
-    local path="$1" out="${TEST_ROOT}/regress-$2"
-    mkdir -p "${out}"
     psql_test -d postgres -c "DROP DATABASE IF EXISTS dscsa_regress" -c "CREATE DATABASE dscsa_regress"
     psql_test -d dscsa_regress -c "CREATE EXTENSION pg_dscsa" \
-        -c "ALTER DATABASE dscsa_regress SET search_path = ${path}"
-    local pgxs_dir
-    pgxs_dir="$(dirname "$("${PG_CONFIG}" --pgxs)")"
-    if ! "${pgxs_dir}/../test/regress/pg_regress" \
-            --inputdir=tests/regress --outputdir="${out}" \
-            --host=127.0.0.1 --port="${TEST_PORT}" --user=postgres \
-            --use-existing --dbname=dscsa_regress \
-            $(cd tests/regress/sql && ls *.sql | sed 's/\.sql$//' | sort); then
-        cat "${out}/regression.diffs" >&2 || true
-        die "pg_regress tests failed ($2 pass)"
-    fi
+        -c "ALTER DATABASE dscsa_regress SET search_path = $1"
+    run_pgxs_tests regress/pg_regress tests/regress sql .sql dscsa_regress "regress-$2"
+}
+
+# The isolation specs (tests/isolation/specs: concurrent sessions interleaved in fixed
+# orders by PostgreSQL's isolationtester), against a database made here with their keys.
+run_isolation() {
+    psql_test -d postgres -c "DROP DATABASE IF EXISTS dscsa_isolation" -c "CREATE DATABASE dscsa_isolation"
+    psql_test -d dscsa_isolation -c "CREATE EXTENSION pg_dscsa" \
+        -c "SELECT dscsa.create_key('iso'), dscsa.create_blind_index_key('iso_bidx')" \
+        -c "ALTER DATABASE dscsa_isolation SET search_path = $1" >/dev/null
+    run_pgxs_tests isolation/pg_isolation_regress tests/isolation specs .spec dscsa_isolation "isolation-$2"
 }
 
 # Every integration test file but log_hygiene (which must see the whole run's log).
@@ -135,8 +153,9 @@ run_integration() {
     cargo test --no-fail-fast -p pg_dscsa_itest "${targets[@]}"
 }
 
-log "4/6 pg_regress tests"
+log "4/6 pg_regress and isolation tests"
 run_regress "public, dscsa" plain
+run_isolation "public, dscsa" plain
 
 log "5/6 Client integration tests"
 run_integration
@@ -146,6 +165,7 @@ psql_test -d template1 -f tests/trap/trap.sql
 # (template1 of the standby gets it by replication.)
 export DSCSA_TEST_TRAP=1
 run_regress "public, dscsa_trap, dscsa" trap
+run_isolation "public, dscsa_trap, dscsa" trap
 run_integration
 if grep -nE '(LOG|ERROR): +dscsa_trap_sprung' "${DATADIR}/server.log" | head -n 20; then
     die "a trap planted in the search_path was reached (lines above): some routine does not pin search_path"

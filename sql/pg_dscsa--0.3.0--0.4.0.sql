@@ -1524,7 +1524,9 @@ $$;
 -- Inserts, and updates that write the plaintext column: the twin (and index) follow the
 -- plaintext in the same statement. The backfill writes only the twin, so it does not
 -- pay for the trigger. Rows added after this point get their twin from the trigger; the
--- backfill walks the blocks that exist now.
+-- backfill walks the blocks that exist now. The DDL needs ACCESS EXCLUSIVE for an
+-- instant; it is taken first, under lock_timeout with retries, so that an application
+-- transaction left open on the table makes this wait, not every query queued behind it.
 CREATE OR REPLACE FUNCTION dscsa._protect_online_start(r dscsa.protected_columns) RETURNS void
     LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
     SET search_path = pg_catalog, pg_temp
@@ -1532,6 +1534,8 @@ AS $$
 DECLARE
     names record := dscsa._derived_names(r.relid, r.column_name);
 BEGIN
+    PERFORM dscsa._with_lock_retries(r.relid, format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', r.relid),
+                                     'adding the twin column');
     r.twin_column := names.twin;
     EXECUTE format('ALTER TABLE %s ADD COLUMN %I %s', r.relid, r.twin_column, dscsa._encrypted_type(r.kind));
     IF r.blind_index_column IS NOT NULL THEN
@@ -1663,7 +1667,7 @@ BEGIN
             IF attempts >= 30 THEN
                 RAISE EXCEPTION 'could not lock % for % after % attempts', tbl, what, attempts
                     USING ERRCODE = 'lock_not_available',
-                          HINT = 'The backfill is complete and kept in sync; call dscsa.protect_column again when the table is less busy.';
+                          HINT = 'Call dscsa.protect_column again when the table is less busy: it resumes where it stopped.';
             END IF;
             RAISE NOTICE 'dscsa.protect_column %: table busy, % retried (%)', tbl, what, attempts;
         END;
@@ -1709,7 +1713,9 @@ END
 $$;
 
 -- Phase 4: the blind index. Blocks writes (not reads) while it builds; build it yourself
--- with CREATE INDEX CONCURRENTLY on the blind-index column beforehand to avoid that.
+-- with CREATE INDEX CONCURRENTLY on the blind-index column beforehand to avoid that. Its
+-- SHARE lock is taken first under lock_timeout with retries, so that waiting for it (for
+-- a transaction left open) does not queue the application's writes too.
 CREATE OR REPLACE FUNCTION dscsa._protect_index(job dscsa._protect_job) RETURNS dscsa._protect_job
     LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
     SET search_path = pg_catalog, pg_temp
@@ -1720,6 +1726,8 @@ DECLARE
     carried jsonb;
 BEGIN
     IF r.blind_index_column IS NOT NULL THEN
+        PERFORM dscsa._with_lock_retries(job.tbl, format('LOCK TABLE %s IN SHARE MODE', job.tbl),
+                                         'building the blind index');
         IF dscsa._index_on(job.tbl, r.blind_index_column, false) IS NOT NULL THEN
             RAISE EXCEPTION 'an invalid index exists on %.%', job.tbl, r.blind_index_column
                 USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -2191,6 +2199,17 @@ DECLARE
     ins_cols text;
     ins_vals text;
     upd text;
+    -- Columns the table computes itself (GENERATED ALWAYS identity, stored generated):
+    -- left out of the trigger's INSERT and UPDATE, read back with RETURNING, and refused
+    -- with PostgreSQL's own error when a statement gives them a value.
+    ins_back text;
+    ins_into text;
+    upd_back text;
+    upd_into text;
+    ins_guard text;
+    upd_guard text;
+    ins_stmt text;
+    upd_stmt text;
     pk_cond text;
     old_acl aclitem[];
     old_owner oid;
@@ -2214,20 +2233,42 @@ BEGIN
 
     -- One row per visible column, in the table's original column order.
     sel := ''; ins_cols := ''; ins_vals := ''; upd := '';
+    ins_back := ''; ins_into := ''; upd_back := ''; upd_into := ''; ins_guard := ''; upd_guard := '';
     FOR c IN
         SELECT a.attname, a.atttypid::regtype AS typ, p.kind, p.context, p.original_type,
-               pg_catalog.pg_get_expr(d.adbin, d.adrelid) AS default_expr
+               a.attidentity, a.attgenerated
           FROM pg_catalog.pg_attribute a
           LEFT JOIN dscsa.protected_columns p ON p.relid = tbl AND p.column_name = a.attname AND p.state = 'protected'
-          LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = tbl AND d.adnum = a.attnum
          WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped
            AND a.attname NOT IN (SELECT q.blind_index_column FROM dscsa.protected_columns q
                                   WHERE q.relid = tbl AND q.blind_index_column IS NOT NULL)
-           AND a.attgenerated = ''
          ORDER BY coalesce(p.original_attnum, a.attnum), a.attnum
     LOOP
         IF sel <> '' THEN
-            sel := sel || ', '; ins_cols := ins_cols || ', '; ins_vals := ins_vals || ', '; upd := upd || ', ';
+            sel := sel || ', ';
+        END IF;
+        IF c.attidentity = 'a' OR c.attgenerated <> '' THEN
+            sel := sel || pg_catalog.format('t.%I', c.attname);
+            ins_back := ins_back || CASE WHEN ins_back = '' THEN '' ELSE ', ' END || pg_catalog.quote_ident(c.attname);
+            ins_into := ins_into || CASE WHEN ins_into = '' THEN '' ELSE ', ' END || pg_catalog.format('NEW.%I', c.attname);
+            ins_guard := ins_guard || pg_catalog.format(
+                $g$IF NEW.%1$I IS NOT NULL THEN
+                    RAISE EXCEPTION 'cannot insert a non-DEFAULT value into column "%%"', %1$L USING ERRCODE = 'generated_always';
+                END IF;
+                $g$, c.attname);
+            IF c.attgenerated <> '' THEN
+                upd_back := upd_back || CASE WHEN upd_back = '' THEN '' ELSE ', ' END || pg_catalog.quote_ident(c.attname);
+                upd_into := upd_into || CASE WHEN upd_into = '' THEN '' ELSE ', ' END || pg_catalog.format('NEW.%I', c.attname);
+            END IF;
+            upd_guard := upd_guard || pg_catalog.format(
+                $g$IF NEW.%1$I IS DISTINCT FROM OLD.%1$I THEN
+                    RAISE EXCEPTION 'column "%%" can only be updated to DEFAULT', %1$L USING ERRCODE = 'generated_always';
+                END IF;
+                $g$, c.attname);
+            CONTINUE;
+        END IF;
+        IF ins_cols <> '' THEN
+            ins_cols := ins_cols || ', '; ins_vals := ins_vals || ', '; upd := upd || ', ';
         END IF;
         ins_cols := ins_cols || pg_catalog.quote_ident(c.attname);
         IF c.kind IS NULL THEN
@@ -2264,14 +2305,26 @@ BEGIN
         EXECUTE pg_catalog.format('DROP VIEW %s', v);
     END IF;
     EXECUTE pg_catalog.format('CREATE VIEW %s WITH (security_invoker = true) AS SELECT %s FROM %s t', v, sel, tbl);
-    -- Column defaults of the table, so that INSERT ... RETURNING through the view sees them.
+    -- Column defaults of the table, so that INSERT ... RETURNING through the view sees them
+    -- (a GENERATED BY DEFAULT identity column's is its sequence; GENERATED ALWAYS ones are
+    -- filled in by the table and read back).
     FOR c IN
         SELECT a.attname, pg_catalog.pg_get_expr(d.adbin, d.adrelid) AS default_expr
           FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_attrdef d ON d.adrelid = tbl AND d.adnum = a.attnum
          WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+        UNION ALL
+        SELECT a.attname, pg_catalog.format('pg_catalog.nextval(%L::regclass)',
+                                            pg_catalog.pg_get_serial_sequence(qualified_tbl, a.attname))
+          FROM pg_catalog.pg_attribute a
+         WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.attidentity = 'd'
     LOOP
         EXECUTE pg_catalog.format('ALTER VIEW %s ALTER COLUMN %I SET DEFAULT %s', v, c.attname, c.default_expr);
     END LOOP;
+    ins_stmt := CASE WHEN ins_cols = '' THEN pg_catalog.format('INSERT INTO %s DEFAULT VALUES', qualified_tbl)
+                     ELSE pg_catalog.format('INSERT INTO %s (%s) VALUES (%s)', qualified_tbl, ins_cols, ins_vals) END
+                || CASE WHEN ins_back = '' THEN '' ELSE pg_catalog.format(' RETURNING %s INTO %s', ins_back, ins_into) END;
+    upd_stmt := pg_catalog.format('UPDATE %s t SET %s WHERE %s', qualified_tbl, upd, pk_cond)
+                || CASE WHEN upd_back = '' THEN '' ELSE pg_catalog.format(' RETURNING %s INTO %s', upd_back, upd_into) END;
     IF pk_cond IS NOT NULL THEN
         EXECUTE pg_catalog.format($f$
             CREATE OR REPLACE FUNCTION %1$s() RETURNS trigger
@@ -2279,19 +2332,19 @@ BEGIN
             AS $body$
             BEGIN
                 IF TG_OP = 'INSERT' THEN
-                    INSERT INTO %2$s (%3$s) VALUES (%4$s);
+                    %3$s%4$s;
                     RETURN NEW;
                 ELSIF TG_OP = 'UPDATE' THEN
-                    UPDATE %2$s t SET %5$s WHERE %6$s;
+                    %5$s%6$s;
                     IF NOT FOUND THEN RETURN NULL; END IF;
                     RETURN NEW;
                 ELSE
-                    DELETE FROM %2$s t WHERE %6$s;
+                    DELETE FROM %2$s t WHERE %7$s;
                     IF NOT FOUND THEN RETURN NULL; END IF;
                     RETURN OLD;
                 END IF;
             END
-            $body$ $f$, fn, qualified_tbl, ins_cols, ins_vals, upd, pk_cond);
+            $body$ $f$, fn, qualified_tbl, ins_guard, ins_stmt, upd_guard, upd_stmt, pk_cond);
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s() FROM PUBLIC', fn);
         EXECUTE pg_catalog.format('CREATE TRIGGER dscsa_write INSTEAD OF INSERT OR UPDATE OR DELETE ON %s
                                    FOR EACH ROW EXECUTE FUNCTION %s()', v, fn);

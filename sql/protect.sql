@@ -534,7 +534,9 @@ $$;
 -- Inserts, and updates that write the plaintext column: the twin (and index) follow the
 -- plaintext in the same statement. The backfill writes only the twin, so it does not
 -- pay for the trigger. Rows added after this point get their twin from the trigger; the
--- backfill walks the blocks that exist now.
+-- backfill walks the blocks that exist now. The DDL needs ACCESS EXCLUSIVE for an
+-- instant; it is taken first, under lock_timeout with retries, so that an application
+-- transaction left open on the table makes this wait, not every query queued behind it.
 CREATE OR REPLACE FUNCTION dscsa._protect_online_start(r dscsa.protected_columns) RETURNS void
     LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
     SET search_path = pg_catalog, pg_temp
@@ -542,6 +544,8 @@ AS $$
 DECLARE
     names record := dscsa._derived_names(r.relid, r.column_name);
 BEGIN
+    PERFORM dscsa._with_lock_retries(r.relid, format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', r.relid),
+                                     'adding the twin column');
     r.twin_column := names.twin;
     EXECUTE format('ALTER TABLE %s ADD COLUMN %I %s', r.relid, r.twin_column, dscsa._encrypted_type(r.kind));
     IF r.blind_index_column IS NOT NULL THEN
@@ -673,7 +677,7 @@ BEGIN
             IF attempts >= 30 THEN
                 RAISE EXCEPTION 'could not lock % for % after % attempts', tbl, what, attempts
                     USING ERRCODE = 'lock_not_available',
-                          HINT = 'The backfill is complete and kept in sync; call dscsa.protect_column again when the table is less busy.';
+                          HINT = 'Call dscsa.protect_column again when the table is less busy: it resumes where it stopped.';
             END IF;
             RAISE NOTICE 'dscsa.protect_column %: table busy, % retried (%)', tbl, what, attempts;
         END;
@@ -719,7 +723,9 @@ END
 $$;
 
 -- Phase 4: the blind index. Blocks writes (not reads) while it builds; build it yourself
--- with CREATE INDEX CONCURRENTLY on the blind-index column beforehand to avoid that.
+-- with CREATE INDEX CONCURRENTLY on the blind-index column beforehand to avoid that. Its
+-- SHARE lock is taken first under lock_timeout with retries, so that waiting for it (for
+-- a transaction left open) does not queue the application's writes too.
 CREATE OR REPLACE FUNCTION dscsa._protect_index(job dscsa._protect_job) RETURNS dscsa._protect_job
     LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
     SET search_path = pg_catalog, pg_temp
@@ -730,6 +736,8 @@ DECLARE
     carried jsonb;
 BEGIN
     IF r.blind_index_column IS NOT NULL THEN
+        PERFORM dscsa._with_lock_retries(job.tbl, format('LOCK TABLE %s IN SHARE MODE', job.tbl),
+                                         'building the blind index');
         IF dscsa._index_on(job.tbl, r.blind_index_column, false) IS NOT NULL THEN
             RAISE EXCEPTION 'an invalid index exists on %.%', job.tbl, r.blind_index_column
                 USING ERRCODE = 'object_not_in_prerequisite_state',
