@@ -906,8 +906,18 @@ CREATE OR REPLACE FUNCTION dscsa.identifier_index_candidates(gtin text, serial t
 -- dscsa.identifier_index_key (for SQL that must not depend on a session setting).
 CREATE OR REPLACE FUNCTION dscsa.identifier_index(gtin text, serial text, key_name text) RETURNS bytea
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'identifier_index_pair_with_key_wrapper';
+-- The planner spells identifier_index_candidates(gtin, serial, key_name) with a constant
+-- key as ARRAY[slot 1, ...], one slot per loaded version, so that `pi = ANY (...)` is one
+-- index scan with a known number of probes (src/lookup/support.rs).
+CREATE OR REPLACE FUNCTION dscsa._identifier_candidates_support(internal) RETURNS internal
+    STABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'identifier_candidates_support';
+CREATE OR REPLACE FUNCTION dscsa._identifier_index_slot(gtin text, serial text, key_name text, slot integer)
+    RETURNS bytea
+    STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'identifier_index_slot_wrapper';
 CREATE OR REPLACE FUNCTION dscsa.identifier_index_candidates(gtin text, serial text, key_name text) RETURNS bytea[]
-    STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'identifier_index_candidates_pair_with_key_wrapper';
+    STABLE STRICT PARALLEL RESTRICTED LANGUAGE c
+    SUPPORT dscsa._identifier_candidates_support
+    AS 'MODULE_PATHNAME', 'identifier_index_candidates_pair_with_key_wrapper';
 COMMENT ON FUNCTION dscsa.identifier_index(text, text, text) IS
     'dscsa.identifier_index(gtin, serial) under the blind-index key named, not dscsa.identifier_index_key.';
 COMMENT ON FUNCTION dscsa.identifier_index_candidates(text, text, text) IS
@@ -2641,7 +2651,8 @@ GRANT EXECUTE ON FUNCTION dscsa.gs1_problems(regclass, name, text),
 GRANT EXECUTE ON FUNCTION dscsa.identifier_index(text), dscsa.identifier_index(text, text),
     dscsa.identifier_index(text, text, text),
     dscsa.identifier_index_candidates(text), dscsa.identifier_index_candidates(text, text),
-    dscsa.identifier_index_candidates(text, text, text)
+    dscsa.identifier_index_candidates(text, text, text),
+    dscsa._identifier_index_slot(text, text, text, integer)
     TO dscsa_reader, dscsa_writer;
 -- A VRS verdict decrypts (each field is checked against the key's decrypt grant too).
 GRANT EXECUTE ON FUNCTION

@@ -107,13 +107,12 @@ fn blind_index_candidates_array<'a>(
 }
 
 /// The candidates the slots of one lookup share: computed by the first slot of a
-/// statement, reused by the others (same value, key, kind, statement and loaded versions).
+/// statement, reused by the others (same request, key, statement and loaded versions).
 struct SlotCache {
     statement: pg_sys::TimestampTz,
     versions: i32,
-    value: String,
     key_name: String,
-    kind_name: String,
+    request: Vec<String>,
     candidates: Vec<Vec<u8>>,
 }
 
@@ -121,7 +120,19 @@ thread_local! {
     static SLOT_CACHE: std::cell::RefCell<Option<SlotCache>> = const { std::cell::RefCell::new(None) };
 }
 
-fn slot_candidates(value: &str, key_name: &str, kind_name: &str) -> Vec<Vec<u8>> {
+/// The candidates of `request` (what they are computed from, e.g. kind and value) under
+/// blind-index key `key_name` for a lookup spelled as `slots` slots: `compute`d by the
+/// first slot of a statement, reused by the other slots of the same lookup. A lookup of
+/// one slot (one key version loaded: the usual case) computes them directly.
+pub(crate) fn shared_candidates(
+    key_name: &str,
+    request: &[&str],
+    slots: usize,
+    compute: impl FnOnce() -> Vec<Vec<u8>>,
+) -> Vec<Vec<u8>> {
+    if slots <= 1 {
+        return compute();
+    }
     // SAFETY: reads backend globals.
     let statement = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
     let versions = keys::versions_loaded(key_name);
@@ -129,27 +140,52 @@ fn slot_candidates(value: &str, key_name: &str, kind_name: &str) -> Vec<Vec<u8>>
         c.borrow().as_ref().and_then(|e| {
             (e.statement == statement
                 && e.versions == versions
-                && e.value == value
                 && e.key_name == key_name
-                && e.kind_name == kind_name)
-                .then(|| e.candidates.clone())
+                && e.request
+                    .iter()
+                    .map(String::as_str)
+                    .eq(request.iter().copied()))
+            .then(|| e.candidates.clone())
         })
     });
     if let Some(candidates) = hit {
         return candidates;
     }
-    let candidates = candidates_of(std::iter::once(value), key_name, kind_name);
+    let candidates = compute();
     SLOT_CACHE.with(|c| {
         *c.borrow_mut() = Some(SlotCache {
             statement,
             versions,
-            value: value.to_owned(),
             key_name: key_name.to_owned(),
-            kind_name: kind_name.to_owned(),
+            request: request.iter().map(|r| (*r).to_owned()).collect(),
             candidates: candidates.clone(),
         })
     });
     candidates
+}
+
+fn slot_candidates(value: &str, key_name: &str, kind_name: &str, slots: usize) -> Vec<Vec<u8>> {
+    shared_candidates(key_name, &[kind_name, value], slots, || {
+        candidates_of(std::iter::once(value), key_name, kind_name)
+    })
+}
+
+/// The `slot`-th (from 1) of `all`, or NULL past the last. Refuses (22023) when the
+/// candidates do not fit in the `slots` the plan spelled, so that a lookup never silently
+/// misses rows indexed under a version it did not ask for.
+pub(crate) fn nth_slot(
+    all: Vec<Vec<u8>>,
+    slots: usize,
+    key_name: &str,
+    slot: i32,
+) -> Option<Vec<u8>> {
+    if all.len() > slots {
+        raise(Error::InvalidArgument(format!(
+            "more versions of blind-index key \"{key_name}\" are loaded than this plan was made for: run the statement again (DISCARD PLANS)"
+        )));
+    }
+    let slot = usize::try_from(slot).ok()?.checked_sub(1)?;
+    all.into_iter().nth(slot)
 }
 
 /// How many candidate slots per field kind the planner spells for a lookup with blind-index
@@ -159,7 +195,7 @@ fn slot_candidates(value: &str, key_name: &str, kind_name: &str) -> Vec<Vec<u8>>
 /// so a plan is made again for the new count before it runs; a slot function that still
 /// finds more candidates than its plan has slots (a rotation committed in the middle of
 /// a statement) raises rather than miss a row.
-fn lookup_slots(key_name: &str) -> usize {
+pub(crate) fn lookup_slots(key_name: &str) -> usize {
     usize::try_from(keys::versions_loaded(key_name))
         .unwrap_or(0)
         .max(1)
@@ -172,19 +208,12 @@ pub(crate) fn lookup_slot_count(key_name: &str, kind_name: &str) -> usize {
 }
 
 /// The `slot`-th (from 1) of `blind_index_candidates(value, key_name, kind_name)`, or NULL
-/// past the last. Refuses (22023) when the candidates do not fit in the slots, so that a
-/// lookup never silently misses rows indexed under a version it did not ask for.
+/// past the last (see `nth_slot`).
 #[pg_extern(sql = false)]
 fn blind_index_slot(value: &str, key_name: &str, kind_name: &str, slot: i32) -> Option<Vec<u8>> {
-    let all = slot_candidates(value, key_name, kind_name);
     let slots = lookup_slot_count(key_name, kind_name);
-    if all.len() > slots {
-        crate::error::raise(Error::InvalidArgument(format!(
-            "more versions of blind-index key \"{key_name}\" are loaded than this plan was made for: run the statement again (DISCARD PLANS)"
-        )));
-    }
-    let slot = usize::try_from(slot).ok()?.checked_sub(1)?;
-    all.into_iter().nth(slot)
+    let all = slot_candidates(value, key_name, kind_name, slots);
+    nth_slot(all, slots, key_name, slot)
 }
 
 /// The normalized form the blind index hashes (for tests and for comparing a request

@@ -177,3 +177,16 @@ fn identifier_index_candidates_pair_with_key(
 ) -> Vec<Vec<u8>> {
     identifier_index_candidates(&pair(gtin, serial), key_name)
 }
+
+/// The `slot`-th (from 1) of `identifier_index_candidates(gtin, serial, key_name)`, or
+/// NULL past the last: what the planner calls in its place (src/lookup/support.rs), one
+/// call per loaded key version, all sharing one computation per statement.
+#[pg_extern(sql = false)]
+fn identifier_index_slot(gtin: &str, serial: &str, key_name: &str, slot: i32) -> Option<Vec<u8>> {
+    let slots = crate::blind::lookup_slots(key_name);
+    let all =
+        crate::blind::shared_candidates(key_name, &["identifier", gtin, serial], slots, || {
+            identifier_index_candidates(&pair(gtin, serial), key_name)
+        });
+    crate::blind::nth_slot(all, slots, key_name, slot)
+}

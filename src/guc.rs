@@ -128,7 +128,7 @@ fn define_gs1_gucs() {
     GucRegistry::define_bool_guc(
         c"dscsa.blind_index_rewrite",
         c"Let equality comparisons of decrypted protected columns use their blind index.",
-        c"The planner adds the blind-index condition a comparison implies and keeps the comparison as a recheck (docs/BLIND_INDEX.md, \"Transparent lookups\"). Off plans queries as written.",
+        c"The planner adds the blind-index condition a comparison implies and keeps the comparison as a recheck (docs/BLIND_INDEX.md, \"Transparent lookups\"), and spells dscsa.identifier_index_candidates(gtin, serial, key) as one slot per key version (docs/GS1.md). Off plans queries as written.",
         &BLIND_INDEX_REWRITE,
         GucContext::Userset,
         GucFlags::default(),

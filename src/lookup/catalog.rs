@@ -17,6 +17,10 @@ pub(super) struct Catalog {
     pub(super) candidates_array_fn: pg_sys::Oid,
     pub(super) slot_fn: pg_sys::Oid,
     pub(super) bytea_eq_fn: pg_sys::Oid,
+    /// `identifier_index_candidates(gtin, serial, key_name)` and its slot function, for
+    /// the planner support function (support.rs); InvalidOid on an older installation.
+    pub(super) identifier_candidates_fn: pg_sys::Oid,
+    pub(super) identifier_slot_fn: pg_sys::Oid,
 }
 
 /// The last lookup (`None` before the first and after an invalidation; `Some(None)` when
@@ -106,6 +110,11 @@ impl Catalog {
             ),
             slot_fn: func(c"_blind_index_slot", &[text, text, text, pg_sys::INT4OID]),
             bytea_eq_fn: pg_sys::get_opcode(pg_sys::Oid::from(pg_sys::ByteaEqualOperator)),
+            identifier_candidates_fn: func(c"identifier_index_candidates", &[text, text, text]),
+            identifier_slot_fn: func(
+                c"_identifier_index_slot",
+                &[text, text, text, pg_sys::INT4OID],
+            ),
         };
         // An installation of another version (mid-upgrade) lacks some: do nothing.
         [

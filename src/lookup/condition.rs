@@ -192,47 +192,55 @@ pub(super) unsafe fn slots(
     kind: &CStr,
     as_parameters: bool,
 ) -> Vec<*mut pg_sys::Node> {
-    let mut elements = Vec::new();
     let count = crate::blind::lookup_slot_count(&key.to_string_lossy(), &kind.to_string_lossy());
-    for slot in 1..=count {
-        let mut args = std::ptr::null_mut();
-        let slot_const = pg_sys::makeConst(
-            pg_sys::INT4OID,
-            -1,
-            pg_sys::InvalidOid,
-            4,
-            pg_sys::Datum::from(slot as i32),
-            false,
-            true,
-        );
-        for a in [
-            pg_sys::copyObjectImpl(value.cast()).cast::<pg_sys::Node>(),
-            text_const(key),
-            text_const(kind),
-            slot_const.cast(),
-        ] {
-            args = pg_sys::lappend(args, a.cast());
-        }
-        let call = pg_sys::makeFuncExpr(
-            catalog.slot_fn,
-            pg_sys::BYTEAOID,
-            args,
-            pg_sys::InvalidOid,
-            pg_sys::DEFAULT_COLLATION_OID,
-            pg_sys::CoercionForm::COERCE_EXPLICIT_CALL,
-        );
-        let element = if as_parameters {
-            init_plan(call.cast())
-        } else {
-            call.cast()
-        };
-        elements.push(element);
-    }
-    elements
+    slot_calls(
+        catalog.slot_fn,
+        &[value, text_const(key), text_const(kind)],
+        count,
+    )
+    .into_iter()
+    .map(|call| if as_parameters { init_plan(call) } else { call })
+    .collect()
+}
+
+/// `function(args..., 1)`, ..., `function(args..., count)`: each call gets its own copy
+/// of the arguments and its slot number as the last.
+pub(super) unsafe fn slot_calls(
+    function: pg_sys::Oid,
+    args: &[*mut pg_sys::Node],
+    count: usize,
+) -> Vec<*mut pg_sys::Node> {
+    (1..=count)
+        .map(|slot| {
+            let mut list = std::ptr::null_mut();
+            for &a in args {
+                list = pg_sys::lappend(list, pg_sys::copyObjectImpl(a.cast()));
+            }
+            let slot_const = pg_sys::makeConst(
+                pg_sys::INT4OID,
+                -1,
+                pg_sys::InvalidOid,
+                4,
+                pg_sys::Datum::from(slot as i32),
+                false,
+                true,
+            );
+            list = pg_sys::lappend(list, slot_const.cast());
+            pg_sys::makeFuncExpr(
+                function,
+                pg_sys::BYTEAOID,
+                list,
+                pg_sys::InvalidOid,
+                pg_sys::DEFAULT_COLLATION_OID,
+                pg_sys::CoercionForm::COERCE_EXPLICIT_CALL,
+            )
+            .cast()
+        })
+        .collect()
 }
 
 /// `ARRAY[elements...]` of bytea.
-unsafe fn array_of(elements: Vec<*mut pg_sys::Node>) -> *mut pg_sys::Node {
+pub(super) unsafe fn array_of(elements: Vec<*mut pg_sys::Node>) -> *mut pg_sys::Node {
     let mut list = std::ptr::null_mut();
     for e in elements {
         list = pg_sys::lappend(list, e.cast());

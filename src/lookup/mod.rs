@@ -34,6 +34,9 @@
 //! the session has not loaded the blind-index key for its current role, or when the role
 //! may not execute the candidates function or read the blind-index column.
 //!
+//! The same slots spell `dscsa.identifier_index_candidates(gtin, serial, key)` for a VRS
+//! probe, through that function's planner support function (support.rs).
+//!
 //! pgrx 0.18 has no hook helpers: the hook pointer is set by hand in `init`, the previous
 //! hook is chained, and the hook itself follows src/hooks.rs: it calls the planner raw
 //! and does its own work in a `#[pg_guard]` function.
@@ -43,6 +46,7 @@ use std::ffi::{c_char, c_int, c_void};
 mod catalog;
 mod condition;
 mod nodes;
+mod support;
 mod target;
 
 use pgrx::pg_sys;

@@ -7,6 +7,7 @@ use pg_dscsa_itest::{
     connect, count, env, error_text, explain, fresh_db, session_with_keys, sqlstate, NOBODY,
     READER, WRITER,
 };
+use postgres::Client;
 
 #[test]
 fn encryption_checks_gs1_rules_and_stores_gtin_14() {
@@ -466,5 +467,146 @@ fn vrs_verdicts_on_encrypted_fields() {
             &[]
         )),
         "XX001"
+    );
+}
+
+/// How many slots the plan's index condition probes.
+fn slots_probed(plan: &str) -> usize {
+    plan.lines()
+        .find(|l| l.trim_start().starts_with("Index Cond:"))
+        .map_or(0, |l| l.matches("_identifier_index_slot(").count())
+}
+
+/// The rows and the plan of one prepared probe `pi = ANY (identifier_index_candidates(..))`
+/// for each of `requests`, run with a generic plan.
+fn probe(c: &mut Client, requests: &[(&str, &str)]) -> (Vec<Vec<i64>>, String) {
+    let sql = "SELECT id FROM unit WHERE pi = ANY (dscsa.identifier_index_candidates($1, $2, 'pk')) ORDER BY id";
+    c.batch_execute("SET plan_cache_mode = force_generic_plan")
+        .expect("generic plans");
+    let statement = c.prepare(sql).expect("prepare");
+    let rows = requests
+        .iter()
+        .map(|(g, s)| {
+            c.query(&statement, &[g, s])
+                .expect("probe")
+                .iter()
+                .map(|r| r.get::<_, i64>(0))
+                .collect()
+        })
+        .collect();
+    let plan = c
+        .query(
+            "EXPLAIN (COSTS OFF) SELECT id FROM unit WHERE pi = ANY (dscsa.identifier_index_candidates($1::text, $2::text, 'pk')) ORDER BY id",
+            &[&requests[0].0, &requests[0].1],
+        )
+        .expect("explain")
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n");
+    c.batch_execute("RESET plan_cache_mode").expect("reset");
+    (rows, plan)
+}
+
+#[test]
+fn identifier_candidates_are_planned_as_one_probe_per_key_version() {
+    let (db, mut c) = fresh_db("pi_slots");
+    c.batch_execute(
+        "SELECT dscsa.create_blind_index_key('pk');
+         SELECT dscsa.grant_key('pk', 'dscsa_reader', 'blind_index');
+         SELECT dscsa.load_key('pk');
+         CREATE TABLE unit (id bigint PRIMARY KEY, pi bytea NOT NULL UNIQUE);
+         INSERT INTO unit SELECT i, dscsa.identifier_index('00300010123455', 'SN' || i, 'pk')
+           FROM generate_series(1, 5000) i;
+         ANALYZE unit;",
+    )
+    .expect("units under key version 1");
+    let mut requests: Vec<(String, String)> = (0..40)
+        .map(|i| ("00300010123455".to_string(), format!("SN{}", 1 + i * 127)))
+        .collect();
+    requests.push(("0300010123455".into(), "SN7".into())); // GTIN-13 spelling
+    requests.push(("00300010123455".into(), "SN99999".into())); // no such unit
+    requests.push(("00300010123455".into(), "sn7".into())); // serials are case-sensitive
+    let requests: Vec<(&str, &str)> = requests
+        .iter()
+        .map(|(g, s)| (g.as_str(), s.as_str()))
+        .collect();
+
+    // One version loaded: one slot, one index scan (no unnest, no bitmap), the same rows
+    // as the call as written.
+    let (rows, plan) = probe(&mut c, &requests);
+    assert!(plan.contains("Index") && !plan.contains("Bitmap"), "{plan}");
+    assert_eq!(slots_probed(&plan), 1, "{plan}");
+    assert!(!plan.contains("identifier_index_candidates"), "{plan}");
+    assert_eq!(rows.iter().filter(|r| r.len() == 1).count(), 41, "{rows:?}");
+    assert_eq!(rows[40], vec![7]);
+    assert!(rows[41].is_empty() && rows[42].is_empty());
+    c.batch_execute("SET dscsa.blind_index_rewrite = off")
+        .expect("off");
+    let (rows_off, plan_off) = probe(&mut c, &requests);
+    assert!(
+        plan_off.contains("identifier_index_candidates"),
+        "{plan_off}"
+    );
+    assert_eq!(rows_off, rows, "the rewrite changed a result");
+    c.batch_execute("RESET dscsa.blind_index_rewrite")
+        .expect("on");
+
+    // A rotation: new units under version 2, the old ones not yet re-indexed. Two slots,
+    // every unit found, the same rows as written.
+    c.batch_execute(
+        "SELECT dscsa.rotate_key('pk'); SELECT dscsa.load_key('pk');
+         INSERT INTO unit SELECT i, dscsa.identifier_index('00300010123455', 'SN' || i, 'pk')
+           FROM generate_series(5001, 5100) i;",
+    )
+    .expect("rotate");
+    let mut rotated = requests.clone();
+    rotated.push(("00300010123455", "SN5050"));
+    let (rows, plan) = probe(&mut c, &rotated);
+    assert_eq!(slots_probed(&plan), 2, "{plan}");
+    assert_eq!(rows[0], vec![1]);
+    assert_eq!(rows[43], vec![5050]);
+    c.batch_execute("SET dscsa.blind_index_rewrite = off")
+        .expect("off");
+    let (rows_off, _) = probe(&mut c, &rotated);
+    assert_eq!(
+        rows_off, rows,
+        "the rewrite changed a result during a rotation"
+    );
+    c.batch_execute("RESET dscsa.blind_index_rewrite")
+        .expect("on");
+
+    // Errors are the function's own either way: an invalid GTIN is 22023; a NULL finds
+    // nothing (strict).
+    for setting in ["on", "off"] {
+        c.batch_execute(&format!("SET dscsa.blind_index_rewrite = {setting}"))
+            .expect("setting");
+        assert_eq!(
+            sqlstate(c.query(
+                "SELECT id FROM unit WHERE pi = ANY (dscsa.identifier_index_candidates($1::text, 'SN1', 'pk'))",
+                &[&"00300010123456"]
+            )),
+            "22023",
+            "rewrite {setting}"
+        );
+        assert_eq!(
+            count(
+                &mut c,
+                "SELECT count(*) FROM unit WHERE pi = ANY (dscsa.identifier_index_candidates(NULL, 'SN1', 'pk'))"
+            ),
+            0
+        );
+    }
+    c.batch_execute("RESET dscsa.blind_index_rewrite")
+        .expect("on");
+
+    // A role that may not run the candidates function is refused it, not given the slots.
+    let mut nobody = connect(&db, NOBODY);
+    assert_eq!(
+        sqlstate(nobody.query(
+            "SELECT dscsa.identifier_index_candidates('00300010123455', 'SN1', 'pk')",
+            &[]
+        )),
+        "42501"
     );
 }
