@@ -137,7 +137,7 @@ run_regress() {
 run_isolation() {
     psql_test -d postgres -c "DROP DATABASE IF EXISTS dscsa_isolation" -c "CREATE DATABASE dscsa_isolation"
     psql_test -d dscsa_isolation -c "CREATE EXTENSION pg_dscsa" \
-        -c "SELECT dscsa.create_key('iso'), dscsa.create_blind_index_key('iso_bidx')" \
+        -c "SELECT dscsa.create_key('iso'), dscsa.create_key('iso_rot'), dscsa.create_blind_index_key('iso_bidx')" \
         -c "ALTER DATABASE dscsa_isolation SET search_path = $1" >/dev/null
     run_pgxs_tests isolation/pg_isolation_regress tests/isolation specs .spec dscsa_isolation "isolation-$2"
 }

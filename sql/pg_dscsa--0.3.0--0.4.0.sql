@@ -1505,6 +1505,8 @@ DECLARE
         (SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = r.relid AND a.attname = r.column_name AND NOT a.attisdropped));
     carried jsonb;
 BEGIN
+    PERFORM dscsa._with_lock_retries(r.relid, format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', r.relid),
+                                     'the rewrite in place');
     -- The indexes and UNIQUE constraints that contain the column: rebuilt over the
     -- blind-index column by _finish_protection, under their own names.
     FOR carried IN SELECT * FROM jsonb_array_elements(dscsa._carried_list(r)) LOOP
@@ -1660,16 +1662,20 @@ $$;
 
 -- Runs `stmt` under lock_timeout 2 s, retrying up to 30 times (0.5 s apart) while the
 -- table is busy, so that waiting for a lock never queues the application behind us.
+-- Used by every step of protect_column, abort_protect_column and unprotect_column that
+-- needs a lock stronger than the application's.
 CREATE OR REPLACE FUNCTION dscsa._with_lock_retries(tbl regclass, stmt text, what text) RETURNS void
     LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
     SET search_path = pg_catalog, pg_temp
+    -- A SET clause, not SET LOCAL: the caller's own setting is back when this returns
+    -- (in place and unprotect_column may run inside the caller's transaction).
+    SET lock_timeout = '2s'
 AS $$
 DECLARE
     attempts integer := 0;
 BEGIN
     LOOP
         BEGIN
-            SET LOCAL lock_timeout = '2s';
             EXECUTE stmt;
             RETURN;
         EXCEPTION WHEN lock_not_available THEN
@@ -1677,9 +1683,9 @@ BEGIN
             IF attempts >= 30 THEN
                 RAISE EXCEPTION 'could not lock % for % after % attempts', tbl, what, attempts
                     USING ERRCODE = 'lock_not_available',
-                          HINT = 'Call dscsa.protect_column again when the table is less busy: it resumes where it stopped.';
+                          HINT = 'Nothing was lost: call the procedure again when the table is less busy (dscsa.protect_column resumes where it stopped).';
             END IF;
-            RAISE NOTICE 'dscsa.protect_column %: table busy, % retried (%)', tbl, what, attempts;
+            RAISE NOTICE 'dscsa: table % busy, % retried (%)', tbl, what, attempts;
         END;
         PERFORM pg_sleep(0.5);
     END LOOP;
@@ -1863,6 +1869,8 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'A protected column is reverted with dscsa.unprotect_column().';
     END IF;
+    PERFORM dscsa._with_lock_retries(tbl, format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', tbl),
+                                     'dropping the twin column');
     EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', (dscsa._derived_names(tbl, col)).sync_trigger, tbl);
     EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', tbl, r.twin_column);
     IF r.blind_index_column IS NOT NULL THEN
@@ -1901,6 +1909,10 @@ BEGIN
     END IF;
     -- Only a type protect_column accepts, never text read from the registry as is.
     original := dscsa._original_type(r.original_type);
+    -- The rewrite below holds ACCESS EXCLUSIVE for its length (in place, like protecting
+    -- in place); waiting for the lock must not also queue the application behind it.
+    PERFORM dscsa._with_lock_retries(tbl, format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', tbl),
+                                     'decrypting the column');
     EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', (dscsa._derived_names(tbl, col)).bidx_trigger, tbl);
     EXECUTE format('ALTER TABLE %1$s ALTER COLUMN %2$I TYPE %3$s USING dscsa.dscsa_decrypt(%2$I, %4$L)::%3$s',
         tbl, col, original, r.context);

@@ -18,7 +18,6 @@ use std::borrow::Cow;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use zeroize::Zeroizing;
 
 use crate::cipher::KEY_LEN;
 use crate::envelope::FieldKind;
@@ -33,11 +32,30 @@ pub const MAX_LENGTH: usize = 32;
 /// Bytes of key id before the MAC.
 pub const PREFIX_LEN: usize = 4;
 
-/// One version of a blind-index key. The raw key is zeroized on drop; the HMAC state
-/// derived from it lives only for the duration of one `compute` call.
+/// One version of a blind-index key: the HMAC state keyed with it and fed the domain
+/// prefix, computed once (keying HMAC-SHA-256 costs two of the four SHA-256 blocks of a
+/// blind index), cloned for each value. The state is as secret as the key itself; it is
+/// zeroized on drop, and the raw key is not kept.
 pub struct BlindIndexKey {
-    key: Zeroizing<[u8; KEY_LEN]>,
+    keyed: KeyedMac,
     length: usize,
+}
+
+/// `HMAC(key, DOMAIN || ...)` before the kind byte and the value.
+struct KeyedMac(Hmac<Sha256>);
+
+// zeroize_flat_type below needs a state without heap data or Drop impls of its own (the
+// RustCrypto HMAC and SHA-256 states are arrays and counters); fail the build if a new
+// version of the crates changes that.
+const _: () = assert!(!std::mem::needs_drop::<Hmac<Sha256>>());
+
+impl Drop for KeyedMac {
+    fn drop(&mut self) {
+        // SAFETY: Hmac<Sha256> is plain data (checked above: no Drop glue, so no heap
+        // pointers it would free), all-zero bytes are valid for its integer arrays and
+        // counters, and it is not used after this.
+        unsafe { zeroize::zeroize_flat_type(&mut self.0 as *mut Hmac<Sha256>) }
+    }
 }
 
 impl std::fmt::Debug for BlindIndexKey {
@@ -58,11 +76,17 @@ pub fn check_length(length: usize) -> Result<()> {
 impl BlindIndexKey {
     pub fn from_bytes(bytes: &[u8], length: usize) -> Result<Self> {
         check_length(length)?;
-        let key: [u8; KEY_LEN] = bytes
-            .try_into()
-            .map_err(|_| Error::BadKeyLength(bytes.len()))?;
+        if bytes.len() != KEY_LEN {
+            return Err(Error::BadKeyLength(bytes.len()));
+        }
+        // new_from_slice accepts any key length for HMAC; 32 bytes never fails.
+        let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(bytes) {
+            Ok(m) => m,
+            Err(_) => unreachable!("HMAC accepts keys of any length"),
+        };
+        mac.update(DOMAIN);
         Ok(BlindIndexKey {
-            key: Zeroizing::new(key),
+            keyed: KeyedMac(mac),
             length,
         })
     }
@@ -87,12 +111,7 @@ impl BlindIndexKey {
 
     /// `key id || HMAC(key, DOMAIN || kind byte || input)[..length]`.
     fn mac(&self, key_id: u32, kind_byte: u8, input: &[u8]) -> Vec<u8> {
-        // new_from_slice accepts any key length for HMAC; 32 bytes never fails.
-        let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(&self.key[..]) {
-            Ok(m) => m,
-            Err(_) => unreachable!("HMAC accepts keys of any length"),
-        };
-        mac.update(DOMAIN);
+        let mut mac = self.keyed.0.clone();
         mac.update(&[kind_byte]);
         mac.update(input);
         let tag = mac.finalize().into_bytes();
@@ -208,15 +227,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn matches_rfc_hmac_definition() {
-        // Independent check with the generic HMAC construction from sha2 alone
-        // (RFC 2104): H((K ^ opad) || H((K ^ ipad) || m)).
+    /// HMAC-SHA-256 from sha2 alone (RFC 2104): H((K ^ opad) || H((K ^ ipad) || m)).
+    fn rfc_hmac(k: &[u8; 32], msg: &[u8]) -> Vec<u8> {
         use sha2::Digest;
-        let k = [9u8; 32];
-        let mut msg = DOMAIN.to_vec();
-        msg.push(FieldKind::Serial as u8);
-        msg.extend_from_slice(b"S1");
         let mut ipad = [0x36u8; 64];
         let mut opad = [0x5cu8; 64];
         for i in 0..32 {
@@ -225,14 +238,54 @@ mod tests {
         }
         let inner = Sha256::new()
             .chain_update(ipad)
-            .chain_update(&msg)
+            .chain_update(msg)
             .finalize();
-        let outer = Sha256::new()
+        Sha256::new()
             .chain_update(opad)
             .chain_update(inner)
-            .finalize();
+            .finalize()
+            .to_vec()
+    }
+
+    #[test]
+    fn matches_rfc_hmac_definition() {
+        // Independent of the hmac crate and of the keyed state kept in the key.
+        let k = [9u8; 32];
+        let mut msg = DOMAIN.to_vec();
+        msg.push(FieldKind::Serial as u8);
+        msg.extend_from_slice(b"S1");
         let ours = key(9, 32).compute(1, FieldKind::Serial, "S1");
-        assert_eq!(&ours[4..], &outer[..]);
+        assert_eq!(&ours[4..], &rfc_hmac(&k, &msg)[..]);
+    }
+
+    #[test]
+    fn one_key_reused_for_many_values_keeps_nothing_between_them() {
+        // The keyed state is cloned per value: each result must be the HMAC of that value
+        // alone, whatever was computed before it (including longer values, whose bytes
+        // would show if a buffer were shared), in any order.
+        let k = [0xa5u8; 32];
+        let bk = key(0xa5, 32);
+        let values: Vec<String> = (0..200)
+            .map(|i| "S".repeat(1 + (i * 37) % 90) + &i.to_string())
+            .collect();
+        for pass in 0..2 {
+            for (i, v) in values.iter().enumerate() {
+                let v = if pass == 0 {
+                    v
+                } else {
+                    &values[values.len() - 1 - i]
+                };
+                let kind = if i % 2 == 0 {
+                    FieldKind::Serial
+                } else {
+                    FieldKind::Generic
+                };
+                let mut msg = DOMAIN.to_vec();
+                msg.push(kind as u8);
+                msg.extend_from_slice(v.as_bytes());
+                assert_eq!(&bk.compute(3, kind, v)[4..], &rfc_hmac(&k, &msg)[..], "{v}");
+            }
+        }
     }
 
     #[test]

@@ -540,32 +540,7 @@ fn an_unfinished_online_protection_can_be_aborted_and_batched_calls_are_refused(
         0
     );
 
-    // Interrupt a run half-way: once its setup has committed, another transaction locks a
-    // row near the end of the table, the backfill waits there, and it is cancelled.
-    let mut runner = connect(&db, "postgres");
-    runner
-        .batch_execute("SET dscsa.key_name = 'k'; SELECT dscsa.load_key('k')")
-        .expect("runner keys");
-    let runner_pid: i32 = runner
-        .query_one("SELECT pg_backend_pid()", &[])
-        .expect("pid")
-        .get(0);
-    let run = std::thread::spawn(move || {
-        runner.batch_execute("CALL dscsa.protect_column('unit', 'note', batch_size => 100)")
-    });
-    let mut holder = connect(&db, "postgres");
-    while count(&mut holder, "SELECT count(*) FROM dscsa.protected_columns") == 0 {
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    let mut tx = holder.transaction().expect("tx");
-    tx.execute("SELECT 1 FROM unit WHERE id = 19990 FOR UPDATE", &[])
-        .expect("lock");
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    c.execute("SELECT pg_cancel_backend($1)", &[&runner_pid])
-        .expect("cancel");
-    let cancelled = run.join().expect("runner thread");
-    assert_eq!(sqlstate(cancelled), "57014");
-    tx.rollback().expect("release");
+    interrupt_online_protection_of_note(&db, &mut c);
 
     let state: String = c
         .query_one(
@@ -650,29 +625,64 @@ fn an_unfinished_online_protection_can_be_aborted_and_batched_calls_are_refused(
     );
 }
 
-#[test]
-fn online_protection_waits_for_an_open_transaction_without_queueing_the_application() {
-    let (db, mut c) = erp_db("lock_queue", 2_000);
+/// Starts an online protection of `unit.note` (key 'k') and interrupts it half-way: once
+/// its setup has committed, another transaction locks a row near the end of the table
+/// (id 19990: the table must have at least that many units), the backfill waits there,
+/// and it is cancelled. Leaves the job in state 'backfilling'.
+fn interrupt_online_protection_of_note(db: &str, c: &mut Client) {
+    let mut runner = session_with_keys(db, "postgres", &["k"]);
+    let runner_pid: i32 = runner
+        .query_one("SELECT pg_backend_pid()", &[])
+        .expect("pid")
+        .get(0);
+    let run = std::thread::spawn(move || {
+        runner.batch_execute("CALL dscsa.protect_column('unit', 'note', batch_size => 100)")
+    });
+    let mut holder = connect(db, "postgres");
+    while count(&mut holder, "SELECT count(*) FROM dscsa.protected_columns") == 0 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut tx = holder.transaction().expect("tx");
+    tx.execute("SELECT 1 FROM unit WHERE id = 19990 FOR UPDATE", &[])
+        .expect("lock");
+    std::thread::sleep(Duration::from_millis(500));
+    c.execute("SELECT pg_cancel_backend($1)", &[&runner_pid])
+        .expect("cancel");
+    assert_eq!(sqlstate(run.join().expect("runner thread")), "57014");
+    tx.rollback().expect("release");
+}
+
+/// Runs `call` (as `postgres` with `keys` loaded) while an application transaction is
+/// left open on `unit`, and checks that waiting for its lock does not queue the
+/// application: reads and writes go on for longer than one lock attempt, and the call
+/// completes once the transaction ends. `unchanged` must hold while it waits. Returns
+/// how many rows the application marked 'checked'.
+fn call_behind_open_transaction(
+    db: &str,
+    c: &mut Client,
+    call: &'static str,
+    keys: &[&str],
+    unchanged: &str,
+) -> i64 {
+    let units = count(c, "SELECT count(*) FROM unit");
     // An application transaction left open on the table (idle in transaction after a
-    // read): the setup's ACCESS EXCLUSIVE lock cannot be had until it ends.
-    let mut idle = connect(&db, "postgres");
+    // read): an ACCESS EXCLUSIVE lock cannot be had until it ends.
+    let mut idle = connect(db, "postgres");
     idle.batch_execute("BEGIN; SELECT count(*) FROM unit")
         .expect("open transaction");
 
-    let mut runner = session_with_keys(&db, "postgres", &["k"]);
-    let run = std::thread::spawn(move || {
-        runner.batch_execute("CALL dscsa.protect_column('unit', 'note', batch_size => 5000)")
-    });
+    let mut runner = session_with_keys(db, "postgres", keys);
+    let run = std::thread::spawn(move || runner.batch_execute(call));
     // Until the call asks for its lock.
     let asked = Instant::now();
     while count(
-        &mut c,
+        c,
         "SELECT count(*) FROM pg_locks WHERE relation = 'unit'::regclass::oid AND mode = 'AccessExclusiveLock' AND NOT granted",
     ) == 0
     {
         assert!(
             asked.elapsed() < Duration::from_secs(20),
-            "the call never asked for its lock"
+            "{call}: never asked for its lock"
         );
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -681,34 +691,47 @@ fn online_protection_waits_for_an_open_transaction_without_queueing_the_applicat
     // 2-second lock attempts. A lock request that simply waited would queue every one of
     // these statements behind it until the open transaction ends, and lock_timeout (5 s)
     // would fail them; each attempt that gives up lets them through.
-    let mut app = connect(&db, "postgres");
+    let mut app = connect(db, "postgres");
     app.batch_execute("SET lock_timeout = '5s'")
         .expect("app settings");
     let mut statements: i64 = 0;
     let until = Instant::now() + Duration::from_secs(6);
     while Instant::now() < until {
         statements += 1;
-        let id = 1 + statements % 2_000;
+        let id = 1 + statements % units;
         app.execute("UPDATE unit SET status = 'checked' WHERE id = $1", &[&id])
-            .unwrap_or_else(|e| panic!("the application was queued behind the protection: {e}"));
+            .unwrap_or_else(|e| panic!("{call}: the application was queued behind it: {e}"));
         app.query_one("SELECT status FROM unit WHERE id = $1", &[&id])
-            .unwrap_or_else(|e| panic!("the application was queued behind the protection: {e}"));
+            .unwrap_or_else(|e| panic!("{call}: the application was queued behind it: {e}"));
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(
         !run.is_finished(),
-        "the protection cannot have started while the transaction was open"
+        "{call}: cannot have run while the transaction was open"
     );
     assert_eq!(
-        count(&mut c, "SELECT count(*) FROM dscsa.protected_columns"),
-        0,
-        "nothing is changed before the lock is had"
+        count(c, unchanged),
+        1,
+        "{call}: changed something before it had the lock"
     );
 
     idle.batch_execute("COMMIT").expect("end the transaction");
     run.join()
         .expect("runner thread")
-        .expect("the protection completes once the transaction ends");
+        .unwrap_or_else(|e| panic!("{call}: should complete once the transaction ends: {e}"));
+    statements.min(units)
+}
+
+#[test]
+fn online_protection_waits_for_an_open_transaction_without_queueing_the_application() {
+    let (db, mut c) = erp_db("lock_queue", 2_000);
+    let checked = call_behind_open_transaction(
+        &db,
+        &mut c,
+        "CALL dscsa.protect_column('unit', 'note', batch_size => 5000)",
+        &["k"],
+        "SELECT count(*) + 1 FROM dscsa.protected_columns",
+    );
     assert_eq!(
         count(
             &mut c,
@@ -719,9 +742,70 @@ fn online_protection_waits_for_an_open_transaction_without_queueing_the_applicat
     );
     assert_eq!(
         count(&mut c, "SELECT count(*) FROM unit WHERE status = 'checked'"),
-        statements.min(2_000),
+        checked,
         "every application write is there"
     );
+}
+
+#[test]
+fn abort_and_unprotect_wait_for_an_open_transaction_without_queueing_the_application() {
+    let (db, mut c) = erp_db("lock_queue_undo", 20_000);
+    interrupt_online_protection_of_note(&db, &mut c);
+
+    call_behind_open_transaction(
+        &db,
+        &mut c,
+        "CALL dscsa.abort_protect_column('unit', 'note')",
+        &[],
+        "SELECT count(*) FROM dscsa.protected_columns WHERE state = 'backfilling'",
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM dscsa.protected_columns"),
+        0
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = 'unit'::regclass::oid AND attname LIKE 'note\\_%' AND NOT attisdropped"
+        ),
+        0,
+        "the twin column is gone"
+    );
+
+    // Protected in place, then reverted: the rewrite waits the same way.
+    let mut owner = session_with_keys(&db, "postgres", &["k"]);
+    owner
+        .batch_execute("CALL dscsa.protect_column('unit', 'note', mode => 'in_place')")
+        .expect("protect in place");
+    call_behind_open_transaction(
+        &db,
+        &mut c,
+        "CALL dscsa.unprotect_column('unit', 'note')",
+        &["k"],
+        "SELECT count(*) FROM dscsa.protected_columns WHERE state = 'protected'",
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM unit u FULL JOIN saved_units s USING (id)
+              WHERE u.id IS NULL OR s.id IS NULL OR u.note IS DISTINCT FROM s.note"
+        ),
+        0,
+        "the plaintext is back, row for row"
+    );
+    // The caller's lock_timeout is its own again after a call inside its transaction.
+    owner
+        .batch_execute(
+            "BEGIN; SET LOCAL lock_timeout = '7s';
+             CALL dscsa.protect_column('unit', 'note', mode => 'in_place');",
+        )
+        .expect("protect in place inside a transaction");
+    let timeout: String = owner
+        .query_one("SHOW lock_timeout", &[])
+        .expect("show")
+        .get(0);
+    assert_eq!(timeout, "7s");
+    owner.batch_execute("COMMIT").expect("commit");
 }
 
 #[test]
