@@ -63,3 +63,11 @@ CREATE OR REPLACE FUNCTION dscsa.import_json(value jsonb, import_key text, kind 
     VOLATILE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_import_json';
 COMMENT ON FUNCTION dscsa.import_json(jsonb, text, text, text) IS
     'Converts an application''s AES-256-GCM {"nonce","ciphertext"} value into an envelope under the active data key, without the plaintext leaving memory.';
+COMMENT ON FUNCTION dscsa.authenticate(dscsa.encrypted) IS
+    'As authenticate(value, context) for a value encrypted without a context.';
+COMMENT ON FUNCTION dscsa.import_json(jsonb, text, text) IS
+    'As import_json(value, import_key, kind, context) without a context.';
+COMMENT ON FUNCTION dscsa.protect_sync_trigger() IS
+    'Row trigger of an online dscsa.protect_column: keeps the twin column (and blind index) in step with the plaintext. Created and dropped by it.';
+COMMENT ON FUNCTION dscsa.blind_index_trigger() IS
+    'Row trigger of a protected column with a blind index: computes the index from the value written. Created by dscsa.protect_column.';

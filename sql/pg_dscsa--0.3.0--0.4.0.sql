@@ -125,6 +125,67 @@ COMMENT ON FUNCTION dscsa.dscsa_decrypt(dscsa.encrypted) IS
 COMMENT ON FUNCTION dscsa.dscsa_try_decrypt(dscsa.encrypted) IS
     'As dscsa_decrypt, but returns NULL for a value that fails authentication or is malformed.';
 
+-- Descriptions of the field functions (\df+ and \dd show them), one pattern per form
+-- for the four DSCSA fields; COMMENT ON takes only a literal, hence the DO block.
+DO $comments$
+DECLARE
+    f record;
+BEGIN
+    FOR f IN SELECT * FROM (VALUES
+        ('gtin', 'a GTIN (AI 01; GTIN-8, -12, -13 or -14 with a correct check digit, stored as GTIN-14)'),
+        ('serial', 'a serial number (AI 21; 1-20 characters of GS1 CSET 82)'),
+        ('lot', 'a lot or batch number (AI 10; 1-20 characters of GS1 CSET 82)'),
+        ('expiry', 'an expiry date (AI 17; YYMMDD, day 00 = end of month, or YYYY-MM-DD)')) AS v(kind, what)
+    LOOP
+        EXECUTE pg_catalog.format('COMMENT ON FUNCTION dscsa.dscsa_encrypt_%s(text) IS %L', f.kind,
+            pg_catalog.format('Validates and encrypts %s with the active version of the key named by dscsa.key_name; 22023 names a violated GS1 rule without echoing the value.', f.what));
+        EXECUTE pg_catalog.format('COMMENT ON FUNCTION dscsa.dscsa_encrypt_%s(text, text) IS %L', f.kind,
+            pg_catalog.format('As dscsa_encrypt_%s(text), binding a context that decryption must repeat.', f.kind));
+        EXECUTE pg_catalog.format('COMMENT ON FUNCTION dscsa.dscsa_decrypt(dscsa.%s_encrypted) IS %L', f.kind,
+            pg_catalog.format('Decrypts %s; XX001 if the value was modified or was encrypted with another context.', f.what));
+        EXECUTE pg_catalog.format('COMMENT ON FUNCTION dscsa.dscsa_decrypt(dscsa.%s_encrypted, text) IS %L', f.kind,
+            'As dscsa_decrypt(value), with the context the value was encrypted with.');
+        EXECUTE pg_catalog.format('COMMENT ON FUNCTION dscsa.dscsa_try_decrypt(dscsa.%s_encrypted) IS %L', f.kind,
+            'As dscsa_decrypt(value), but NULL for a value that fails authentication (recorded in the audit trail as tampering) or is malformed.');
+        EXECUTE pg_catalog.format('COMMENT ON FUNCTION dscsa.dscsa_try_decrypt(dscsa.%s_encrypted, text) IS %L', f.kind,
+            'As dscsa_try_decrypt(value), with the context the value was encrypted with.');
+    END LOOP;
+END
+$comments$;
+COMMENT ON FUNCTION dscsa.dscsa_decrypt(dscsa.encrypted, text) IS
+    'As dscsa_decrypt(value), with the context the value was encrypted with.';
+COMMENT ON FUNCTION dscsa.dscsa_try_decrypt(dscsa.encrypted, text) IS
+    'As dscsa_try_decrypt(value), with the context the value was encrypted with.';
+COMMENT ON FUNCTION dscsa.dscsa_decrypt(bytea) IS
+    'As dscsa_decrypt(dscsa.encrypted) over the raw envelope bytes; malformed bytes raise 22P02.';
+COMMENT ON FUNCTION dscsa.dscsa_decrypt(bytea, text) IS
+    'As dscsa_decrypt(bytea), with the context the value was encrypted with.';
+COMMENT ON FUNCTION dscsa.dscsa_try_decrypt(bytea) IS
+    'As dscsa_try_decrypt(dscsa.encrypted) over the raw envelope bytes: NULL for malformed bytes too.';
+COMMENT ON FUNCTION dscsa.dscsa_try_decrypt(bytea, text) IS
+    'As dscsa_try_decrypt(bytea), with the context the value was encrypted with.';
+-- The type's own functions and header accessors (sql/types.sql, created once).
+COMMENT ON FUNCTION dscsa.encrypted_in(cstring) IS
+    'Input of dscsa.encrypted: the armored form dscsa:<base64url>, checked (22P02 if it is not a well-formed envelope).';
+COMMENT ON FUNCTION dscsa.encrypted_out(dscsa.encrypted) IS
+    'Output of dscsa.encrypted: the armored form dscsa:<base64url> of the envelope (ciphertext, never plaintext).';
+COMMENT ON FUNCTION dscsa.encrypted_recv(internal) IS
+    'Binary input of dscsa.encrypted: the raw envelope, checked.';
+COMMENT ON FUNCTION dscsa.encrypted_send(dscsa.encrypted) IS
+    'Binary output of dscsa.encrypted: the raw envelope.';
+COMMENT ON FUNCTION dscsa.envelope_version(dscsa.encrypted) IS
+    'The envelope format version in the value''s public header (docs/FORMAT.md); no key needed.';
+COMMENT ON FUNCTION dscsa.envelope_kind(dscsa.encrypted) IS
+    'The field kind in the value''s authenticated header: generic, gtin, serial, lot or expiry; no key needed.';
+COMMENT ON FUNCTION dscsa.envelope_key_id(dscsa.encrypted) IS
+    'The key version (dscsa.keys.key_id) the value was encrypted with: what dscsa.reencrypt moves off; no key needed.';
+COMMENT ON FUNCTION dscsa.envelope_nonce(dscsa.encrypted) IS
+    'The value''s 12-byte AES-GCM nonce (public header); no key needed.';
+COMMENT ON FUNCTION dscsa.envelope_bytes(dscsa.encrypted) IS
+    'The raw envelope bytes, for tools that move envelopes as bytea.';
+COMMENT ON FUNCTION dscsa.to_encrypted(bytea) IS
+    'Raw envelope bytes back to dscsa.encrypted, checked (22P02 if they are not a well-formed envelope).';
+
 -- ======== sql/keyring.sql ========
 
 -- pg_dscsa: key administration, per-key grants and session key management.
@@ -868,6 +929,14 @@ CREATE OR REPLACE FUNCTION dscsa.import_json(value jsonb, import_key text, kind 
     VOLATILE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_import_json';
 COMMENT ON FUNCTION dscsa.import_json(jsonb, text, text, text) IS
     'Converts an application''s AES-256-GCM {"nonce","ciphertext"} value into an envelope under the active data key, without the plaintext leaving memory.';
+COMMENT ON FUNCTION dscsa.authenticate(dscsa.encrypted) IS
+    'As authenticate(value, context) for a value encrypted without a context.';
+COMMENT ON FUNCTION dscsa.import_json(jsonb, text, text) IS
+    'As import_json(value, import_key, kind, context) without a context.';
+COMMENT ON FUNCTION dscsa.protect_sync_trigger() IS
+    'Row trigger of an online dscsa.protect_column: keeps the twin column (and blind index) in step with the plaintext. Created and dropped by it.';
+COMMENT ON FUNCTION dscsa.blind_index_trigger() IS
+    'Row trigger of a protected column with a blind index: computes the index from the value written. Created by dscsa.protect_column.';
 
 -- ======== sql/gs1.sql ========
 

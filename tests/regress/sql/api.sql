@@ -24,3 +24,11 @@ SELECT c.relname, a.privilege_type, a.grantee::regrole
   FROM pg_class c, aclexplode(c.relacl) a
  WHERE c.relnamespace = 'dscsa'::regnamespace AND a.grantee <> c.relowner
  ORDER BY 1, 2, 3;
+
+-- Every routine meant for users (not _-prefixed) has a description (\df+, \dd): none
+-- listed here.
+SELECT p.oid::regprocedure::text AS undocumented
+  FROM pg_proc p
+ WHERE p.pronamespace = 'dscsa'::regnamespace AND p.proname !~ '^_'
+   AND obj_description(p.oid, 'pg_proc') IS NULL
+ ORDER BY 1;
