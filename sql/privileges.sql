@@ -129,7 +129,8 @@ GRANT EXECUTE ON FUNCTION dscsa.audit_ingest(text) TO dscsa_audit_forwarder;
 
 -- Column protection. The DBA who protects a column owns the table and also holds
 -- dscsa_writer (dscsa_reader to revert it). The registry is written only through
--- dscsa._registry (ownership checked); dscsa._registry_apply is executable by its owner only.
+-- dscsa._registry (ownership checked); dscsa._registry_apply is executable by its owner only,
+-- and so is dscsa._retype_twin_apply (called by dscsa._retype_twin after the same check).
 GRANT EXECUTE ON FUNCTION
     dscsa.protect_column_problems(regclass, name, text), dscsa.create_view(regclass, name),
     dscsa.drop_view(regclass),
@@ -139,7 +140,7 @@ GRANT EXECUTE ON FUNCTION
     dscsa._carried_list(dscsa.protected_columns), dscsa._index_leads_with(regclass, name),
     dscsa._carried_index_ddl(regclass, name, name, jsonb, name), dscsa._building_name(name),
     dscsa._raise_problems(regclass, name, text),
-    dscsa._registry(text, regclass, name, dscsa.protected_columns),
+    dscsa._registry(text, regclass, name, dscsa.protected_columns), dscsa._retype_twin(regclass, name),
     dscsa._finish_protection(dscsa.protected_columns),
     dscsa._protect_prepare(regclass, name, text, text, text, text),
     dscsa._protect_in_place(dscsa.protected_columns), dscsa._protect_online_start(dscsa.protected_columns),

@@ -361,9 +361,11 @@ BEGIN
         RAISE EXCEPTION 'column %.% is not in the state the registry row describes', tbl, col
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
-    IF r.twin_column IS NOT NULL AND dscsa._kind_of_type(
-           (SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = r.twin_column AND NOT a.attisdropped))
-           IS DISTINCT FROM r.kind THEN
+    -- The twin is added as dscsa.encrypted (its domain type comes at the cutover,
+    -- dscsa._retype_twin); a run started by 0.3.0 added it with its domain type.
+    IF r.twin_column IS NOT NULL AND coalesce(dscsa._kind_of_type(
+           (SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = r.twin_column AND NOT a.attisdropped)),
+           'missing') NOT IN (r.kind, 'generic') THEN
         RAISE EXCEPTION 'twin column %.% is missing', tbl, r.twin_column USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
     IF r.blind_index_column IS NOT NULL AND NOT EXISTS (
@@ -379,6 +381,67 @@ BEGIN
     INSERT INTO dscsa.protected_columns SELECT r.*;
 END
 $$;
+
+-- Gives the twin column of an online protection its domain type (dscsa.<kind>_encrypted)
+-- at the cutover. PostgreSQL 15 rewrites the whole table (and its indexes) to add a
+-- column of a domain with a CHECK constraint, or to change a column to one, under ACCESS
+-- EXCLUSIVE; the twin is therefore added as dscsa.encrypted, the domain's base type (same
+-- storage, no rewrite), and changed here in the catalog, which is what ALTER COLUMN TYPE
+-- does after checking every row. The check is a read of the twin under the cutover's
+-- lock (every value holds the domain's field kind), about a tenth of the rewrite's time.
+-- Called through dscsa._retype_twin (an invoker-rights C function that checks that the
+-- caller owns the table); executable by its owner only, who must be a superuser (the
+-- extension's installer) to write pg_catalog. Acts only on the twin of a registry row
+-- being backfilled.
+CREATE OR REPLACE FUNCTION dscsa._retype_twin_apply(tbl regclass, col name) RETURNS void
+    LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r dscsa.protected_columns;
+    twin_attnum int2;
+    twin_type oid;
+    domain oid;
+    wrong bigint;
+BEGIN
+    SELECT * INTO r FROM dscsa.protected_columns p WHERE p.relid = tbl AND p.column_name = col AND p.state = 'backfilling';
+    IF NOT FOUND OR r.twin_column IS NULL OR r.kind = 'generic' THEN
+        RAISE EXCEPTION 'no online protection of %.% with a field kind is in progress', tbl, col
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    domain := dscsa._encrypted_type(r.kind)::regtype;
+    SELECT a.attnum, a.atttypid INTO twin_attnum, twin_type FROM pg_attribute a
+     WHERE a.attrelid = tbl AND a.attname = r.twin_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF twin_type = domain THEN
+        RETURN;  -- added with its domain type (a run started by 0.3.0)
+    END IF;
+    IF twin_type IS DISTINCT FROM 'dscsa.encrypted'::regtype THEN
+        RAISE EXCEPTION 'twin column %.% is not of type dscsa.encrypted', tbl, r.twin_column
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    -- Held already by the cutover: nothing writes the twin between the check and the change.
+    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', tbl);
+    EXECUTE format('SELECT count(*) FROM %s WHERE %I IS NOT NULL AND dscsa.envelope_kind(%I) <> %L',
+                   tbl, r.twin_column, r.twin_column, r.kind) INTO wrong;
+    IF wrong > 0 THEN
+        RAISE EXCEPTION '% rows of %.% hold a value of another field kind than %', wrong, tbl, r.twin_column, r.kind
+            USING ERRCODE = 'check_violation',
+                  HINT = 'The twin column was written other than by the protection; abort it with dscsa.abort_protect_column and start again.';
+    END IF;
+    UPDATE pg_attribute SET atttypid = domain
+     WHERE attrelid = tbl AND attnum = twin_attnum AND atttypid = 'dscsa.encrypted'::regtype;
+    -- The column's dependency on its type (what keeps DROP DOMAIN from leaving it behind).
+    UPDATE pg_depend SET refobjid = domain
+     WHERE classid = 'pg_class'::regclass AND objid = tbl AND objsubid = twin_attnum
+       AND refclassid = 'pg_type'::regclass AND refobjid = 'dscsa.encrypted'::regtype;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'the type dependency of %.% was not found', tbl, r.twin_column USING ERRCODE = 'internal_error';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION dscsa._retype_twin(tbl regclass, col name) RETURNS void
+    VOLATILE STRICT PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'dscsa_retype_twin';
 
 -- After the protected column exists: blind-index trigger, index (carried name), the
 -- UNIQUE constraint (carried name) and the registry row.
@@ -549,7 +612,9 @@ BEGIN
     PERFORM dscsa._with_lock_retries(r.relid, format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', r.relid),
                                      'adding the twin column');
     r.twin_column := names.twin;
-    EXECUTE format('ALTER TABLE %s ADD COLUMN %I %s', r.relid, r.twin_column, dscsa._encrypted_type(r.kind));
+    -- The domain's base type: adding a column of a domain with a CHECK constraint would
+    -- rewrite the table under this lock (the cutover gives the twin its domain type).
+    EXECUTE format('ALTER TABLE %s ADD COLUMN %I dscsa.encrypted', r.relid, r.twin_column);
     IF r.blind_index_column IS NOT NULL THEN
         EXECUTE format('ALTER TABLE %s ADD COLUMN %I bytea', r.relid, r.blind_index_column);
     END IF;
@@ -780,6 +845,10 @@ DECLARE
 BEGIN
     PERFORM dscsa._with_lock_retries(job.tbl, format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', job.tbl), 'the cutover');
     EXECUTE format('DROP TRIGGER %I ON %s', names.sync_trigger, job.tbl);
+    -- The twin's domain type, without the table rewrite ALTER COLUMN TYPE would make.
+    IF r.kind <> 'generic' THEN
+        PERFORM dscsa._retype_twin(job.tbl, job.col);
+    END IF;
     EXECUTE format('ALTER TABLE %s DROP COLUMN %I', job.tbl, job.col);
     EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', job.tbl, r.twin_column, job.col);
     IF r.original_not_null THEN

@@ -12,6 +12,10 @@
 //!    SQL function `dscsa._registry_apply`, which validates the row against the catalog
 //!    (a plain table, an existing column of the right type, a known key, a well-formed
 //!    original type) and writes it. That function is executable by its owner only.
+//!
+//! `dscsa._retype_twin(table, column)` works the same way for the one catalog change an
+//! online protection makes (the twin column's domain type at the cutover, see
+//! `dscsa._retype_twin_apply` in sql/protect.sql).
 
 use dscsa_core::Error;
 use pgrx::datum::DatumWithOid;
@@ -63,3 +67,32 @@ unsafe fn registry(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
 }
 
 pg_v1_function!(fn dscsa_registry, pg_finfo_dscsa_registry, registry);
+
+/// # Safety
+/// Called by PostgreSQL with the arguments of `dscsa._retype_twin(regclass, name)`,
+/// declared STRICT.
+unsafe fn retype_twin(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    let relid = pg_sys::Oid::from(pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, 0).value() as u32);
+    let column = pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, 1);
+    if !owns_relation(relid, owner::current_user()) {
+        raise(Error::PermissionDenied(
+            "only the owner of a table may protect its columns".into(),
+        ));
+    }
+    let args = [
+        DatumWithOid::new(relid, pg_sys::REGCLASSOID),
+        DatumWithOid::new(column, pg_sys::NAMEOID),
+    ];
+    owner::as_extension_owner(|| {
+        Spi::run_with_args("SELECT dscsa._retype_twin_apply($1, $2)", &args)
+    })
+    .or_raise()
+    .unwrap_or_else(|e| {
+        raise(Error::Internal(format!(
+            "changing the twin's type failed: {e}"
+        )))
+    });
+    pg_sys::Datum::from(0)
+}
+
+pg_v1_function!(fn dscsa_retype_twin, pg_finfo_dscsa_retype_twin, retype_twin);

@@ -540,7 +540,11 @@ fn an_unfinished_online_protection_can_be_aborted_and_batched_calls_are_refused(
         0
     );
 
-    interrupt_online_protection_of_note(&db, &mut c);
+    interrupt_online_protection(
+        &db,
+        &mut c,
+        "CALL dscsa.protect_column('unit', 'note', batch_size => 100)",
+    );
 
     let state: String = c
         .query_one(
@@ -625,21 +629,23 @@ fn an_unfinished_online_protection_can_be_aborted_and_batched_calls_are_refused(
     );
 }
 
-/// Starts an online protection of `unit.note` (key 'k') and interrupts it half-way: once
-/// its setup has committed, another transaction locks a row near the end of the table
-/// (id 19990: the table must have at least that many units), the backfill waits there,
-/// and it is cancelled. Leaves the job in state 'backfilling'.
-fn interrupt_online_protection_of_note(db: &str, c: &mut Client) {
+/// Starts `call`, an online protection of a column of `unit` (key 'k'), and interrupts it
+/// half-way: once its setup has committed, another transaction locks a row near the end
+/// of the table (id 19990: the table must have at least that many units), the backfill
+/// waits there, and it is cancelled. Leaves the job in state 'backfilling'.
+fn interrupt_online_protection(db: &str, c: &mut Client, call: &'static str) {
     let mut runner = session_with_keys(db, "postgres", &["k"]);
     let runner_pid: i32 = runner
         .query_one("SELECT pg_backend_pid()", &[])
         .expect("pid")
         .get(0);
-    let run = std::thread::spawn(move || {
-        runner.batch_execute("CALL dscsa.protect_column('unit', 'note', batch_size => 100)")
-    });
+    let run = std::thread::spawn(move || runner.batch_execute(call));
     let mut holder = connect(db, "postgres");
-    while count(&mut holder, "SELECT count(*) FROM dscsa.protected_columns") == 0 {
+    while count(
+        &mut holder,
+        "SELECT count(*) FROM dscsa.protected_columns WHERE state = 'backfilling'",
+    ) == 0
+    {
         std::thread::sleep(Duration::from_millis(5));
     }
     let mut tx = holder.transaction().expect("tx");
@@ -750,7 +756,11 @@ fn online_protection_waits_for_an_open_transaction_without_queueing_the_applicat
 #[test]
 fn abort_and_unprotect_wait_for_an_open_transaction_without_queueing_the_application() {
     let (db, mut c) = erp_db("lock_queue_undo", 20_000);
-    interrupt_online_protection_of_note(&db, &mut c);
+    interrupt_online_protection(
+        &db,
+        &mut c,
+        "CALL dscsa.protect_column('unit', 'note', batch_size => 100)",
+    );
 
     call_behind_open_transaction(
         &db,
@@ -893,4 +903,94 @@ fn generated_view_writes_tables_with_identity_and_generated_columns() {
         "23505"
     );
     assert_eq!(count(&mut c, "SELECT count(*) FROM stock_lot_plain"), 3);
+}
+
+#[test]
+fn online_protection_of_a_field_kind_never_rewrites_the_table() {
+    let (db, mut c) = erp_db("no_rewrite", 20_000);
+    let filenode = |c: &mut Client| -> i64 {
+        c.query_one("SELECT pg_relation_filenode('unit')::int8", &[])
+            .expect("filenode")
+            .get(0)
+    };
+    let before = filenode(&mut c);
+    // PostgreSQL 15 rewrites a table to add a column of a domain with a CHECK: the twin
+    // is added as dscsa.encrypted and given its domain type at the cutover instead.
+    let mut owner = session_with_keys(&db, "postgres", &["k", "bk"]);
+    owner
+        .batch_execute(
+            "CALL dscsa.protect_column('unit', 'serial', kind => 'serial', blind_index_key => 'bk', batch_size => 5000)",
+        )
+        .expect("protect online");
+    assert_eq!(filenode(&mut c), before, "the table was rewritten");
+    assert_units_match(&mut c);
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM pg_attribute a
+              WHERE a.attrelid = 'unit'::regclass AND a.attname = 'serial'
+                AND a.atttypid = 'dscsa.serial_encrypted'::regtype
+                AND (SELECT d.refobjid FROM pg_depend d
+                      WHERE d.classid = 'pg_class'::regclass AND d.objid = a.attrelid
+                        AND d.objsubid = a.attnum AND d.refclassid = 'pg_type'::regclass)
+                    = 'dscsa.serial_encrypted'::regtype"
+        ),
+        1,
+        "the column and its type dependency are dscsa.serial_encrypted"
+    );
+    // The domain's CHECK holds for new values (the relation's cached descriptor changed).
+    assert_eq!(
+        sqlstate(owner.execute(
+            "UPDATE unit SET serial = dscsa.dscsa_encrypt_lot('L1') WHERE id = 1",
+            &[]
+        )),
+        "23514"
+    );
+    // Nothing else can change a column's type this way: not after the protection, and
+    // not as a role that does not own the table.
+    assert_eq!(
+        sqlstate(c.execute("SELECT dscsa._retype_twin('unit', 'serial')", &[])),
+        "55000"
+    );
+    let mut writer = connect(&db, "itest_writer");
+    assert_eq!(
+        sqlstate(writer.execute("SELECT dscsa._retype_twin('unit', 'serial')", &[])),
+        "42501"
+    );
+    assert_eq!(
+        sqlstate(writer.execute("SELECT dscsa._retype_twin_apply('unit', 'serial')", &[])),
+        "42501"
+    );
+
+    // A twin written other than by the protection (here a serial's envelope in a lot
+    // protection's twin) stops the cutover before anything changes. (The notes made
+    // valid lot numbers first: GS1 CSET 82 has no space.)
+    c.batch_execute("UPDATE unit SET note = replace(note, ' ', '')")
+        .expect("notes as lot numbers");
+    interrupt_online_protection(
+        &db,
+        &mut c,
+        "CALL dscsa.protect_column('unit', 'note', kind => 'lot', batch_size => 100)",
+    );
+    c.batch_execute(
+        "SET dscsa.key_name = 'k'; SELECT dscsa.load_key('k');
+         UPDATE unit SET note_dscsa_new = dscsa.dscsa_encrypt_serial('SN1') WHERE id = 7",
+    )
+    .expect("write the twin directly");
+    let mut resume = session_with_keys(&db, "postgres", &["k"]);
+    let err = resume.batch_execute(
+        "CALL dscsa.protect_column('unit', 'note', kind => 'lot', batch_size => 100)",
+    );
+    assert_eq!(sqlstate(err), "23514");
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = 'unit'::regclass AND attname = 'note' AND atttypid = 'text'::regtype"
+        ),
+        1,
+        "the plaintext column is untouched"
+    );
+    c.batch_execute("CALL dscsa.abort_protect_column('unit', 'note')")
+        .expect("abort");
+    assert_eq!(filenode(&mut c), before, "the table was rewritten");
 }
