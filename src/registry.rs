@@ -44,11 +44,6 @@ unsafe fn registry(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     if row_type == pg_sys::InvalidOid {
         raise(Error::Internal("cannot tell the registry row type".into()));
     }
-    if !owns_relation(relid, owner::current_user()) {
-        raise(Error::PermissionDenied(
-            "only the owner of a table may protect or revert its columns".into(),
-        ));
-    }
     let args = [
         DatumWithOid::new(action, pg_sys::TEXTOID),
         DatumWithOid::new(relid, pg_sys::REGCLASSOID),
@@ -58,11 +53,12 @@ unsafe fn registry(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
             None => DatumWithOid::null_oid(row_type),
         },
     ];
-    owner::as_extension_owner(|| {
-        Spi::run_with_args("SELECT dscsa._registry_apply($1, $2, $3, $4)", &args)
-    })
-    .or_raise()
-    .unwrap_or_else(|e| raise(Error::Internal(format!("registry write failed: {e}"))));
+    as_owner_of_table(
+        relid,
+        "SELECT dscsa._registry_apply($1, $2, $3, $4)",
+        &args,
+        "registry write",
+    );
     pg_sys::Datum::from(0)
 }
 
@@ -74,25 +70,31 @@ pg_v1_function!(fn dscsa_registry, pg_finfo_dscsa_registry, registry);
 unsafe fn retype_twin(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     let relid = pg_sys::Oid::from(pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, 0).value() as u32);
     let column = pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, 1);
-    if !owns_relation(relid, owner::current_user()) {
-        raise(Error::PermissionDenied(
-            "only the owner of a table may protect its columns".into(),
-        ));
-    }
     let args = [
         DatumWithOid::new(relid, pg_sys::REGCLASSOID),
         DatumWithOid::new(column, pg_sys::NAMEOID),
     ];
-    owner::as_extension_owner(|| {
-        Spi::run_with_args("SELECT dscsa._retype_twin_apply($1, $2)", &args)
-    })
-    .or_raise()
-    .unwrap_or_else(|e| {
-        raise(Error::Internal(format!(
-            "changing the twin's type failed: {e}"
-        )))
-    });
+    as_owner_of_table(
+        relid,
+        "SELECT dscsa._retype_twin_apply($1, $2)",
+        &args,
+        "changing the twin's type",
+    );
     pg_sys::Datum::from(0)
 }
 
 pg_v1_function!(fn dscsa_retype_twin, pg_finfo_dscsa_retype_twin, retype_twin);
+
+/// Checks that the current role owns table `relid` (or is a member of its owner, or a
+/// superuser), then runs `sql` (a statement of this crate, every value a parameter) as
+/// the extension owner with a pinned search_path. Raises otherwise.
+fn as_owner_of_table(relid: pg_sys::Oid, sql: &str, args: &[DatumWithOid], what: &str) {
+    if !owns_relation(relid, owner::current_user()) {
+        raise(Error::PermissionDenied(
+            "only the owner of a table may protect or revert its columns".into(),
+        ));
+    }
+    owner::as_extension_owner(|| Spi::run_with_args(sql, args))
+        .or_raise()
+        .unwrap_or_else(|e| raise(Error::Internal(format!("{what} failed: {e}"))));
+}
