@@ -928,12 +928,12 @@ fn online_protection_of_a_field_kind_never_rewrites_the_table() {
         count(
             &mut c,
             "SELECT count(*) FROM pg_attribute a
-              WHERE a.attrelid = 'unit'::regclass AND a.attname = 'serial'
-                AND a.atttypid = 'dscsa.serial_encrypted'::regtype
+              WHERE a.attrelid = 'unit'::regclass::oid AND a.attname = 'serial'
+                AND a.atttypid = 'dscsa.serial_encrypted'::regtype::oid
                 AND (SELECT d.refobjid FROM pg_depend d
-                      WHERE d.classid = 'pg_class'::regclass AND d.objid = a.attrelid
-                        AND d.objsubid = a.attnum AND d.refclassid = 'pg_type'::regclass)
-                    = 'dscsa.serial_encrypted'::regtype"
+                      WHERE d.classid = 'pg_class'::regclass::oid AND d.objid = a.attrelid
+                        AND d.objsubid = a.attnum AND d.refclassid = 'pg_type'::regclass::oid)
+                    = 'dscsa.serial_encrypted'::regtype::oid"
         ),
         1,
         "the column and its type dependency are dscsa.serial_encrypted"
@@ -985,7 +985,7 @@ fn online_protection_of_a_field_kind_never_rewrites_the_table() {
     assert_eq!(
         count(
             &mut c,
-            "SELECT count(*) FROM pg_attribute WHERE attrelid = 'unit'::regclass AND attname = 'note' AND atttypid = 'text'::regtype"
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = 'unit'::regclass::oid AND attname = 'note' AND atttypid = 'text'::regtype::oid"
         ),
         1,
         "the plaintext column is untouched"
