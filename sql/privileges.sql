@@ -136,7 +136,7 @@ GRANT EXECUTE ON FUNCTION
     dscsa.drop_view(regclass),
     dscsa._encrypted_type(text), dscsa._plaintext_expr(name, regtype, text),
     dscsa._original_type(text), dscsa._derived_names(regclass, name), dscsa._index_on(regclass, name, boolean),
-    dscsa._index_problem(regclass, regclass), dscsa._carried_indexes(regclass, name),
+    dscsa._index_problem(regclass, regclass), dscsa._row_type_users(regclass), dscsa._carried_indexes(regclass, name),
     dscsa._carried_list(dscsa.protected_columns), dscsa._index_leads_with(regclass, name),
     dscsa._carried_index_ddl(regclass, name, name, jsonb, name), dscsa._building_name(name),
     dscsa._raise_problems(regclass, name, text),

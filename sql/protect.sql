@@ -174,6 +174,9 @@ BEGIN
             RETURN NEXT d.what || ' depends on the column; drop it first and recreate it over the generated view';
         END IF;
     END LOOP;
+    FOR why IN SELECT dscsa._row_type_users(tbl) LOOP
+        RETURN NEXT why || format(' stores values of the row type of %s: its column types cannot change; drop that column first', tbl);
+    END LOOP;
     IF (SELECT count(*) FROM pg_index i
          WHERE i.indrelid = tbl AND i.indnatts = 1 AND i.indkey[0] = att.attnum
            AND i.indpred IS NULL AND i.indexprs IS NULL) > 1 THEN
@@ -183,6 +186,33 @@ END
 $$;
 COMMENT ON FUNCTION dscsa.protect_column_problems(regclass, name, text) IS
     'Why dscsa.protect_column() would refuse this column (no rows: it would proceed).';
+
+-- Columns of other relations that store values of `tbl`'s row type (directly, in an
+-- array, a domain or a composite type over it): ALTER COLUMN TYPE refuses a table whose
+-- row type is used this way, because such stored values would keep the old column type
+-- unchecked. The online cutover's catalog change (dscsa._retype_twin_apply) refuses it too.
+CREATE OR REPLACE FUNCTION dscsa._row_type_users(tbl regclass) RETURNS SETOF text
+    LANGUAGE sql STABLE STRICT PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH RECURSIVE used(typ) AS (
+        SELECT c.reltype FROM pg_class c WHERE c.oid = tbl
+      UNION
+        -- arrays, domains and ranges over a used type, and composite types with a column of one
+        SELECT CASE WHEN dep.classid = 'pg_type'::regclass THEN dep.objid ELSE holder.reltype END
+          FROM used
+          JOIN pg_depend dep ON dep.refclassid = 'pg_type'::regclass AND dep.refobjid = used.typ
+          LEFT JOIN pg_class holder ON dep.classid = 'pg_class'::regclass AND holder.oid = dep.objid
+         WHERE dep.classid = 'pg_type'::regclass
+            OR (holder.relkind = 'c' AND dep.objsubid > 0)
+    )
+    SELECT pg_describe_object(dep.classid, dep.objid, dep.objsubid)
+      FROM used
+      JOIN pg_depend dep ON dep.refclassid = 'pg_type'::regclass AND dep.refobjid = used.typ
+      JOIN pg_class holder ON dep.classid = 'pg_class'::regclass AND holder.oid = dep.objid
+     WHERE dep.objsubid > 0 AND holder.relkind IN ('r', 'm', 'p', 'f') AND holder.oid <> tbl
+     ORDER BY 1
+$$;
 
 -- Why the index `idx` of `tbl` (which contains the protected column) cannot be carried
 -- over to the blind-index column, or NULL when it can: a btree index or UNIQUE
@@ -403,6 +433,7 @@ DECLARE
     twin_type oid;
     domain oid;
     wrong bigint;
+    used text;
 BEGIN
     SELECT * INTO r FROM dscsa.protected_columns p WHERE p.relid = tbl AND p.column_name = col AND p.state = 'backfilling';
     IF NOT FOUND OR r.twin_column IS NULL OR r.kind = 'generic' THEN
@@ -421,6 +452,17 @@ BEGIN
     END IF;
     -- Held already by the cutover: nothing writes the twin between the check and the change.
     EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', tbl);
+    -- A column added since the protection started that stores this row type would keep
+    -- the twin's values of the old type without the domain's check (ALTER COLUMN TYPE
+    -- refuses the same, with the same check and the same race: PostgreSQL takes no lock
+    -- on a type to use it, so a column added by a transaction committing meanwhile is
+    -- not seen).
+    used := (SELECT string_agg(u, '; ') FROM dscsa._row_type_users(tbl) u);
+    IF used IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot finish the protection of %.%: % stores values of the row type of %', tbl, col, used, tbl
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Drop that column and call dscsa.protect_column again to finish, or abort with dscsa.abort_protect_column.';
+    END IF;
     EXECUTE format('SELECT count(*) FROM %s WHERE %I IS NOT NULL AND dscsa.envelope_kind(%I) <> %L',
                    tbl, r.twin_column, r.twin_column, r.kind) INTO wrong;
     IF wrong > 0 THEN

@@ -994,3 +994,105 @@ fn online_protection_of_a_field_kind_never_rewrites_the_table() {
         .expect("abort");
     assert_eq!(filenode(&mut c), before, "the table was rewritten");
 }
+
+#[test]
+fn a_column_storing_the_table_row_type_stops_protection_before_anything_changes() {
+    let (db, mut c) = erp_db("row_type", 20_000);
+    // Stored values of the row type would keep the twin's old column type unchecked
+    // (ALTER COLUMN TYPE refuses such a table too): the dry run names the column...
+    c.batch_execute("CREATE TABLE unit_snapshot (taken timestamptz, u unit)")
+        .expect("snapshot table");
+    let problems: String = c
+        .query_one(
+            "SELECT coalesce(string_agg(p, E'\\n'), '') FROM dscsa.protect_column_problems('unit', 'note') p",
+            &[],
+        )
+        .expect("problems")
+        .get(0);
+    assert!(
+        problems.contains(
+            "column u of table public.unit_snapshot stores values of the row type of public.unit"
+        ),
+        "{problems}"
+    );
+    // ... and the call refuses it in either mode with nothing changed.
+    let mut owner = session_with_keys(&db, "postgres", &["k"]);
+    for mode in ["in_place", "online"] {
+        let err = owner.batch_execute(&format!(
+            "CALL dscsa.protect_column('unit', 'note', kind => 'generic', mode => '{mode}')"
+        ));
+        assert_eq!(sqlstate(err), "55000", "{mode}");
+    }
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM dscsa.protected_columns"),
+        0
+    );
+    c.batch_execute("DROP TABLE unit_snapshot").expect("drop");
+
+    // A use that appears during an online protection (here through an array of a domain
+    // over the row type) stops its cutover; the twin keeps its type until it is gone.
+    c.batch_execute("UPDATE unit SET note = replace(note, ' ', '')")
+        .expect("notes as lot numbers");
+    interrupt_online_protection(
+        &db,
+        &mut c,
+        "CALL dscsa.protect_column('unit', 'note', kind => 'lot', batch_size => 100)",
+    );
+    c.batch_execute(
+        "CREATE DOMAIN unit_row AS unit;
+         CREATE TABLE unit_history (at timestamptz, rows unit_row[])",
+    )
+    .expect("history table");
+    let twin_is_untyped = |c: &mut Client| -> bool {
+        c.query_one(
+            "SELECT atttypid = 'dscsa.encrypted'::regtype::oid FROM pg_attribute
+              WHERE attrelid = 'unit'::regclass::oid AND attname = 'note_dscsa_new'",
+            &[],
+        )
+        .expect("twin type")
+        .get(0)
+    };
+    let mut resume = session_with_keys(&db, "postgres", &["k"]);
+    let call = "CALL dscsa.protect_column('unit', 'note', kind => 'lot', batch_size => 100)";
+    let err = resume.batch_execute(call);
+    let db_err = err.as_ref().err().and_then(|e| e.as_db_error()).cloned();
+    assert_eq!(sqlstate(err), "0A000");
+    assert!(
+        db_err
+            .expect("a server error")
+            .message()
+            .contains("column rows of table public.unit_history"),
+        "the error names the column"
+    );
+    assert!(twin_is_untyped(&mut c), "the twin is still dscsa.encrypted");
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM dscsa.protected_columns WHERE state = 'backfilling'"
+        ),
+        1,
+        "the protection can still finish or be aborted"
+    );
+    c.batch_execute("DROP TABLE unit_history; DROP DOMAIN unit_row")
+        .expect("drop");
+    resume.batch_execute(call).expect("finish");
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = 'unit'::regclass::oid
+                AND attname = 'note' AND atttypid = 'dscsa.lot_encrypted'::regtype::oid"
+        ),
+        1
+    );
+    c.batch_execute("SELECT dscsa.load_key('k')")
+        .expect("load key");
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM unit u JOIN saved_units s USING (id)
+              WHERE dscsa_decrypt(u.note) IS DISTINCT FROM replace(s.note, ' ', '')"
+        ),
+        0,
+        "every note decrypts to its value"
+    );
+}
