@@ -69,6 +69,31 @@ fn connect_to(port: &str, db: &str, user: &str) -> Client {
     }
 }
 
+/// A session of `user` on `db` that keeps every notice the server sends it, as
+/// "message | hint" (the postgres crate otherwise only logs them).
+pub fn connect_keeping_notices(
+    db: &str,
+    user: &str,
+) -> (Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = std::sync::Arc::clone(&notices);
+    let mut config = postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(port().parse().expect("the test ports are ports"))
+        .dbname(db)
+        .user(user)
+        .notice_callback(move |n| {
+            if let Ok(mut v) = kept.lock() {
+                v.push(format!("{} | {}", n.message(), n.hint().unwrap_or("")));
+            }
+        });
+    let client = config
+        .connect(NoTls)
+        .unwrap_or_else(|e| panic!("connect {db} as {user}: {e}"));
+    (client, notices)
+}
+
 /// `connect_standby`, returning the error (the database may not be replayed yet).
 pub fn try_connect_standby(db: &str, user: &str) -> Result<Client, postgres::Error> {
     try_connect_to(&env("DSCSA_TEST_STANDBY_PORT"), db, user)
