@@ -658,6 +658,18 @@ fn interrupt_online_protection(db: &str, c: &mut Client, call: &'static str) {
     tx.rollback().expect("release");
 }
 
+/// Starts an online protection of `unit.note` as lot numbers (the notes made valid lot
+/// numbers first: GS1 CSET 82 has no space) and interrupts it mid-backfill.
+fn interrupt_lot_protection_of_notes(db: &str, c: &mut Client) {
+    c.batch_execute("UPDATE unit SET note = replace(note, ' ', '')")
+        .expect("notes as lot numbers");
+    interrupt_online_protection(
+        db,
+        c,
+        "CALL dscsa.protect_column('unit', 'note', kind => 'lot', batch_size => 100)",
+    );
+}
+
 /// Runs `call` (as `postgres` with `keys` loaded) while an application transaction is
 /// left open on `unit`, and checks that waiting for its lock does not queue the
 /// application: reads and writes go on for longer than one lock attempt, and the call
@@ -963,15 +975,8 @@ fn online_protection_of_a_field_kind_never_rewrites_the_table() {
     );
 
     // A twin written other than by the protection (here a serial's envelope in a lot
-    // protection's twin) stops the cutover before anything changes. (The notes made
-    // valid lot numbers first: GS1 CSET 82 has no space.)
-    c.batch_execute("UPDATE unit SET note = replace(note, ' ', '')")
-        .expect("notes as lot numbers");
-    interrupt_online_protection(
-        &db,
-        &mut c,
-        "CALL dscsa.protect_column('unit', 'note', kind => 'lot', batch_size => 100)",
-    );
+    // protection's twin) stops the cutover before anything changes.
+    interrupt_lot_protection_of_notes(&db, &mut c);
     c.batch_execute(
         "SET dscsa.key_name = 'k'; SELECT dscsa.load_key('k');
          UPDATE unit SET note_dscsa_new = dscsa.dscsa_encrypt_serial('SN1') WHERE id = 7",
@@ -1031,13 +1036,7 @@ fn a_column_storing_the_table_row_type_stops_protection_before_anything_changes(
 
     // A use that appears during an online protection (here through an array of a domain
     // over the row type) stops its cutover; the twin keeps its type until it is gone.
-    c.batch_execute("UPDATE unit SET note = replace(note, ' ', '')")
-        .expect("notes as lot numbers");
-    interrupt_online_protection(
-        &db,
-        &mut c,
-        "CALL dscsa.protect_column('unit', 'note', kind => 'lot', batch_size => 100)",
-    );
+    interrupt_lot_protection_of_notes(&db, &mut c);
     c.batch_execute(
         "CREATE DOMAIN unit_row AS unit;
          CREATE TABLE unit_history (at timestamptz, rows unit_row[])",
