@@ -1565,12 +1565,24 @@ BEGIN
             USING ERRCODE = 'feature_not_supported',
                   HINT = 'Drop that column and call dscsa.protect_column again to finish, or abort with dscsa.abort_protect_column.';
     END IF;
-    EXECUTE format('SELECT count(*) FROM %s WHERE %I IS NOT NULL AND dscsa.envelope_kind(%I) <> %L',
-                   tbl, r.twin_column, r.twin_column, r.kind) INTO wrong;
-    IF wrong > 0 THEN
-        RAISE EXCEPTION '% rows of %.% hold a value of another field kind than %', wrong, tbl, r.twin_column, r.kind
-            USING ERRCODE = 'check_violation',
-                  HINT = 'The twin column was written other than by the protection; abort it with dscsa.abort_protect_column and start again.';
+    -- Every twin holds the field kind: proved by the completeness check validated before
+    -- the cutover, if it is the one dscsa._protect_check made (its definition as
+    -- PostgreSQL prints it; whoever owns the table could have replaced it); otherwise
+    -- (a protection started by an earlier version) by reading every twin, under the lock.
+    IF EXISTS (SELECT 1 FROM pg_constraint c
+                WHERE c.conrelid = tbl AND c.conname = (dscsa._derived_names(tbl, col)).twin_check
+                  AND c.contype = 'c' AND c.convalidated
+                  AND pg_get_constraintdef(c.oid) = (dscsa._twin_check(r)).deparsed) THEN
+        RAISE DEBUG 'dscsa.protect_column %.%: the validated completeness check proves that every twin holds %', tbl, col, r.kind;
+    ELSE
+        RAISE DEBUG 'dscsa.protect_column %.%: reading every twin to prove that it holds %', tbl, col, r.kind;
+        EXECUTE format('SELECT count(*) FROM %s WHERE %I IS NOT NULL AND dscsa.envelope_kind(%I) <> %L',
+                       tbl, r.twin_column, r.twin_column, r.kind) INTO wrong;
+        IF wrong > 0 THEN
+            RAISE EXCEPTION '% rows of %.% hold a value of another field kind than %', wrong, tbl, r.twin_column, r.kind
+                USING ERRCODE = 'check_violation',
+                      HINT = 'The twin column was written other than by the protection; abort it with dscsa.abort_protect_column and start again.';
+        END IF;
     END IF;
     UPDATE pg_attribute SET atttypid = domain
      WHERE attrelid = tbl AND attnum = twin_attnum AND atttypid = 'dscsa.encrypted'::regtype;
@@ -1906,6 +1918,28 @@ $$;
 -- added under a brief lock, then validated under SHARE UPDATE EXCLUSIVE (reads and
 -- writes go on). Rows the block walk could not see (written with triggers disabled) fail
 -- the proof; they are swept and it is retried.
+-- The completeness check of an online protection (added NOT VALID after the backfill,
+-- validated without blocking writes): every row with a plaintext has its twin, and for a
+-- field kind every twin holds that kind, which is what lets the cutover give the twin its
+-- domain type without reading the table under its lock. `deparsed` is the text
+-- pg_get_constraintdef() gives for `source` under search_path pg_catalog (NULL for
+-- generic): dscsa._retype_twin_apply trusts the check only if the constraint reads so.
+CREATE OR REPLACE FUNCTION dscsa._twin_check(r dscsa.protected_columns, OUT source text, OUT deparsed text)
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN r.original_not_null THEN format('(%I IS NOT NULL)', r.twin_column)
+                ELSE format('(%I IS NULL OR %I IS NOT NULL)', r.column_name, r.twin_column) END
+           || CASE WHEN r.kind = 'generic' THEN ''
+                   ELSE format(' AND (%I IS NULL OR dscsa.envelope_kind(%I) = %L)', r.twin_column, r.twin_column, r.kind) END,
+           CASE WHEN r.kind = 'generic' THEN NULL
+                WHEN r.original_not_null
+                THEN format('CHECK (((%I IS NOT NULL) AND ((%I IS NULL) OR (dscsa.envelope_kind(%I) = %L::text))))',
+                            r.twin_column, r.twin_column, r.twin_column, r.kind)
+                ELSE format('CHECK ((((%I IS NULL) OR (%I IS NOT NULL)) AND ((%I IS NULL) OR (dscsa.envelope_kind(%I) = %L::text))))',
+                            r.column_name, r.twin_column, r.twin_column, r.twin_column, r.kind) END
+$$;
+
 CREATE OR REPLACE FUNCTION dscsa._protect_check(job dscsa._protect_job) RETURNS dscsa._protect_job
     LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
     SET search_path = pg_catalog, pg_temp
@@ -1918,8 +1952,7 @@ BEGIN
         IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = job.tbl AND conname = names.twin_check) THEN
             PERFORM dscsa._with_lock_retries(job.tbl,
                 format('ALTER TABLE %s ADD CONSTRAINT %I CHECK (%s) NOT VALID', job.tbl, names.twin_check,
-                       CASE WHEN r.original_not_null THEN format('%I IS NOT NULL', r.twin_column)
-                            ELSE format('%I IS NULL OR %I IS NOT NULL', job.col, r.twin_column) END),
+                       (dscsa._twin_check(r)).source),
                 'adding the completeness check');
         END IF;
         job.phase := 'validate';
@@ -1928,9 +1961,20 @@ BEGIN
     BEGIN
         EXECUTE format('ALTER TABLE %s VALIDATE CONSTRAINT %I', job.tbl, names.twin_check);
     EXCEPTION WHEN check_violation THEN
+        -- Rows written with the sync trigger disabled: writing their plaintext again fires it.
         EXECUTE format('UPDATE %s SET %I = %I WHERE %I IS NULL AND %I IS NOT NULL',
             job.tbl, job.col, job.col, r.twin_column, job.col);
-        EXECUTE format('ALTER TABLE %s VALIDATE CONSTRAINT %I', job.tbl, names.twin_check);
+        BEGIN
+            EXECUTE format('ALTER TABLE %s VALIDATE CONSTRAINT %I', job.tbl, names.twin_check);
+        EXCEPTION WHEN check_violation THEN
+            IF r.kind = 'generic' THEN
+                RAISE;
+            END IF;
+            -- Every row with a plaintext has its twin now: what fails is a twin's kind.
+            RAISE EXCEPTION 'twin column %.% holds values of another field kind than %', job.tbl, r.twin_column, r.kind
+                USING ERRCODE = 'check_violation',
+                      HINT = 'The twin column was written other than by the protection; abort it with dscsa.abort_protect_column and start again.';
+        END;
     END;
     job.phase := 'index';
     RETURN job;
@@ -1989,6 +2033,11 @@ DECLARE
 BEGIN
     PERFORM dscsa._with_lock_retries(job.tbl, format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', job.tbl), 'the cutover');
     EXECUTE format('DROP TRIGGER %I ON %s', names.sync_trigger, job.tbl);
+    -- NOT NULL without a scan: PostgreSQL proves it from the validated check, but only
+    -- while the twin still has the type the check was written for, so before the retype.
+    IF r.original_not_null THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', job.tbl, r.twin_column);
+    END IF;
     -- The twin's domain type, without the table rewrite ALTER COLUMN TYPE would make.
     IF r.kind <> 'generic' THEN
         PERFORM dscsa._retype_twin(job.tbl, job.col);
@@ -1996,7 +2045,6 @@ BEGIN
     EXECUTE format('ALTER TABLE %s DROP COLUMN %I', job.tbl, job.col);
     EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', job.tbl, r.twin_column, job.col);
     IF r.original_not_null THEN
-        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', job.tbl, job.col);
         EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', job.tbl, names.twin_check);
     END IF;
     -- (For a nullable column the check named the dropped column and went with it.)
@@ -2852,7 +2900,7 @@ GRANT EXECUTE ON FUNCTION
     dscsa._carried_index_ddl(regclass, name, name, jsonb, name), dscsa._building_name(name),
     dscsa._raise_problems(regclass, name, text),
     dscsa._registry(text, regclass, name, dscsa.protected_columns), dscsa._retype_twin(regclass, name),
-    dscsa._finish_protection(dscsa.protected_columns),
+    dscsa._finish_protection(dscsa.protected_columns), dscsa._twin_check(dscsa.protected_columns),
     dscsa._protect_prepare(regclass, name, text, text, text, text),
     dscsa._protect_in_place(dscsa.protected_columns), dscsa._protect_online_start(dscsa.protected_columns),
     dscsa._protect_begin(regclass, name, text, text, text, text, integer),

@@ -141,7 +141,7 @@ GRANT EXECUTE ON FUNCTION
     dscsa._carried_index_ddl(regclass, name, name, jsonb, name), dscsa._building_name(name),
     dscsa._raise_problems(regclass, name, text),
     dscsa._registry(text, regclass, name, dscsa.protected_columns), dscsa._retype_twin(regclass, name),
-    dscsa._finish_protection(dscsa.protected_columns),
+    dscsa._finish_protection(dscsa.protected_columns), dscsa._twin_check(dscsa.protected_columns),
     dscsa._protect_prepare(regclass, name, text, text, text, text),
     dscsa._protect_in_place(dscsa.protected_columns), dscsa._protect_online_start(dscsa.protected_columns),
     dscsa._protect_begin(regclass, name, text, text, text, text, integer),

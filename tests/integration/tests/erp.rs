@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pg_dscsa_itest::{connect, count, erp_db, error_text, fresh_db, session_with_keys, sqlstate};
+use pg_dscsa_itest::{
+    connect, connect_keeping_notices, count, erp_db, error_text, fresh_db, session_with_keys,
+    sqlstate,
+};
 use postgres::Client;
 
 /// Every unit decrypts to its saved serial, no unit is missing or extra.
@@ -928,13 +931,36 @@ fn online_protection_of_a_field_kind_never_rewrites_the_table() {
     let before = filenode(&mut c);
     // PostgreSQL 15 rewrites a table to add a column of a domain with a CHECK: the twin
     // is added as dscsa.encrypted and given its domain type at the cutover instead.
-    let mut owner = session_with_keys(&db, "postgres", &["k", "bk"]);
+    let (mut owner, notices) = connect_keeping_notices(&db, "postgres");
+    owner
+        .batch_execute(
+            "SET dscsa.key_name = 'k'; SELECT dscsa.load_key('k'), dscsa.load_key('bk');
+             SET client_min_messages = debug1",
+        )
+        .expect("session");
     owner
         .batch_execute(
             "CALL dscsa.protect_column('unit', 'serial', kind => 'serial', blind_index_key => 'bk', batch_size => 5000)",
         )
         .expect("protect online");
+    owner
+        .batch_execute("SET client_min_messages = notice")
+        .expect("session");
     assert_eq!(filenode(&mut c), before, "the table was rewritten");
+    // The cutover reads no rows under its lock: the completeness check, validated before
+    // it without blocking writes, proves every twin's kind and the NOT NULL.
+    let said = notices.lock().map(|n| n.join("\n")).unwrap_or_default();
+    assert!(
+        said.contains(
+            "public.unit.serial: the validated completeness check proves that every twin holds serial"
+        ) && !said.contains("reading every twin"),
+        "{said}"
+    );
+    assert!(
+        said.contains("are sufficient to prove that it does not contain nulls")
+            && said.matches("verifying table \"unit\"").count() == 1,
+        "one scan (the check's validation, before the cutover): {said}"
+    );
     assert_units_match(&mut c);
     assert_eq!(
         count(
@@ -982,21 +1008,84 @@ fn online_protection_of_a_field_kind_never_rewrites_the_table() {
          UPDATE unit SET note_dscsa_new = dscsa.dscsa_encrypt_serial('SN1') WHERE id = 7",
     )
     .expect("write the twin directly");
+    let note_protection =
+        "CALL dscsa.protect_column('unit', 'note', kind => 'lot', batch_size => 100)";
+    let note_untouched = |c: &mut Client| {
+        assert_eq!(
+            count(
+                c,
+                "SELECT count(*) FROM pg_attribute WHERE attrelid = 'unit'::regclass::oid AND attname = 'note' AND atttypid = 'text'::regtype::oid"
+            ),
+            1,
+            "the plaintext column is untouched"
+        );
+    };
     let mut resume = session_with_keys(&db, "postgres", &["k"]);
-    let err = resume.batch_execute(
-        "CALL dscsa.protect_column('unit', 'note', kind => 'lot', batch_size => 100)",
-    );
+    let err = resume.batch_execute(note_protection);
+    let message = err
+        .as_ref()
+        .err()
+        .and_then(|e| e.as_db_error())
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
     assert_eq!(sqlstate(err), "23514");
+    assert!(
+        message.contains("holds values of another field kind than lot"),
+        "{message}"
+    );
+    note_untouched(&mut c);
+    c.batch_execute("CALL dscsa.abort_protect_column('unit', 'note')")
+        .expect("abort");
+
+    // A protection whose completeness check is not the one this version makes (started
+    // by an earlier version, or the check replaced by the table's owner): the cutover
+    // reads every twin under its lock instead of trusting the check, and finds a wrong one.
+    interrupt_online_protection(&db, &mut c, note_protection);
+    c.batch_execute(
+        "ALTER TABLE unit ADD CONSTRAINT note_dscsa_new_check CHECK (note IS NULL OR note_dscsa_new IS NOT NULL) NOT VALID;
+         UPDATE unit SET note_dscsa_new = dscsa.dscsa_encrypt_serial('SN1') WHERE id = 7",
+    )
+    .expect("an earlier version's check, and a twin written directly");
+    let err = resume.batch_execute(note_protection);
+    let message = err
+        .as_ref()
+        .err()
+        .and_then(|e| e.as_db_error())
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    assert_eq!(sqlstate(err), "23514");
+    assert!(
+        message.contains(
+            "1 rows of public.unit.note_dscsa_new hold a value of another field kind than lot"
+        ),
+        "{message}"
+    );
+    note_untouched(&mut c);
+    // Written again through its plaintext, the row gets its right twin, and the same
+    // call finishes after reading every twin.
+    c.batch_execute("UPDATE unit SET note = note, note_dscsa_new = NULL WHERE id = 7")
+        .expect("rewrite the row");
+    let (mut finisher, notices) = connect_keeping_notices(&db, "postgres");
+    finisher
+        .batch_execute(
+            "SET dscsa.key_name = 'k'; SELECT dscsa.load_key('k'); SET client_min_messages = debug1",
+        )
+        .expect("session");
+    finisher.batch_execute(note_protection).expect("finish");
+    let said = notices.lock().map(|n| n.join("\n")).unwrap_or_default();
+    assert!(
+        said.contains("public.unit.note: reading every twin to prove that it holds lot"),
+        "{said}"
+    );
     assert_eq!(
         count(
             &mut c,
-            "SELECT count(*) FROM pg_attribute WHERE attrelid = 'unit'::regclass::oid AND attname = 'note' AND atttypid = 'text'::regtype::oid"
+            "SELECT count(*) FROM unit u JOIN saved_units s USING (id)
+              WHERE dscsa_decrypt(u.note) IS DISTINCT FROM replace(s.note, ' ', '')"
         ),
-        1,
-        "the plaintext column is untouched"
+        0,
+        "every note decrypts to its value"
     );
-    c.batch_execute("CALL dscsa.abort_protect_column('unit', 'note')")
-        .expect("abort");
     assert_eq!(filenode(&mut c), before, "the table was rewritten");
 }
 
