@@ -661,6 +661,15 @@ fn interrupt_online_protection(db: &str, c: &mut Client, call: &'static str) {
     tx.rollback().expect("release");
 }
 
+/// The SQLSTATE and message of a statement that must fail with a server error.
+fn failure<T: std::fmt::Debug>(result: Result<T, postgres::Error>) -> (String, String) {
+    let err = result.expect_err("statement should have failed");
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a server error: {err}"));
+    (db.code().code().to_string(), db.message().to_string())
+}
+
 /// Starts an online protection of `unit.note` as lot numbers (the notes made valid lot
 /// numbers first: GS1 CSET 82 has no space) and interrupts it mid-backfill.
 fn interrupt_lot_protection_of_notes(db: &str, c: &mut Client) {
@@ -1021,14 +1030,8 @@ fn online_protection_of_a_field_kind_never_rewrites_the_table() {
         );
     };
     let mut resume = session_with_keys(&db, "postgres", &["k"]);
-    let err = resume.batch_execute(note_protection);
-    let message = err
-        .as_ref()
-        .err()
-        .and_then(|e| e.as_db_error())
-        .map(|e| e.message().to_string())
-        .unwrap_or_default();
-    assert_eq!(sqlstate(err), "23514");
+    let (code, message) = failure(resume.batch_execute(note_protection));
+    assert_eq!(code, "23514");
     assert!(
         message.contains("holds values of another field kind than lot"),
         "{message}"
@@ -1046,14 +1049,8 @@ fn online_protection_of_a_field_kind_never_rewrites_the_table() {
          UPDATE unit SET note_dscsa_new = dscsa.dscsa_encrypt_serial('SN1') WHERE id = 7",
     )
     .expect("an earlier version's check, and a twin written directly");
-    let err = resume.batch_execute(note_protection);
-    let message = err
-        .as_ref()
-        .err()
-        .and_then(|e| e.as_db_error())
-        .map(|e| e.message().to_string())
-        .unwrap_or_default();
-    assert_eq!(sqlstate(err), "23514");
+    let (code, message) = failure(resume.batch_execute(note_protection));
+    assert_eq!(code, "23514");
     assert!(
         message.contains(
             "1 rows of public.unit.note_dscsa_new hold a value of another field kind than lot"
@@ -1142,15 +1139,11 @@ fn a_column_storing_the_table_row_type_stops_protection_before_anything_changes(
     };
     let mut resume = session_with_keys(&db, "postgres", &["k"]);
     let call = "CALL dscsa.protect_column('unit', 'note', kind => 'lot', batch_size => 100)";
-    let err = resume.batch_execute(call);
-    let db_err = err.as_ref().err().and_then(|e| e.as_db_error()).cloned();
-    assert_eq!(sqlstate(err), "0A000");
+    let (code, message) = failure(resume.batch_execute(call));
+    assert_eq!(code, "0A000");
     assert!(
-        db_err
-            .expect("a server error")
-            .message()
-            .contains("column rows of table public.unit_history"),
-        "the error names the column"
+        message.contains("column rows of table public.unit_history"),
+        "the error names the column: {message}"
     );
     assert!(twin_is_untyped(&mut c), "the twin is still dscsa.encrypted");
     assert_eq!(
