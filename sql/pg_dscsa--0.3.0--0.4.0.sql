@@ -1519,8 +1519,9 @@ $$;
 -- column of a domain with a CHECK constraint, or to change a column to one, under ACCESS
 -- EXCLUSIVE; the twin is therefore added as dscsa.encrypted, the domain's base type (same
 -- storage, no rewrite), and changed here in the catalog, which is what ALTER COLUMN TYPE
--- does after checking every row. The check is a read of the twin under the cutover's
--- lock (every value holds the domain's field kind), about a tenth of the rewrite's time.
+-- does after checking every row. That every twin holds the domain's field kind is
+-- proved by the completeness check validated before the cutover (dscsa._twin_check), or,
+-- for a check of another definition, by a read of every twin under the cutover's lock.
 -- Called through dscsa._retype_twin (an invoker-rights C function that checks that the
 -- caller owns the table); executable by its owner only, who must be a superuser (the
 -- extension's installer) to write pg_catalog. Acts only on the twin of a registry row
@@ -1913,11 +1914,6 @@ BEGIN
 END
 $$;
 
--- Phase 3: prove every row has its twin. A NOT VALID check "plaintext present => twin
--- present" (for a NOT NULL column: "twin present", the form SET NOT NULL can use) is
--- added under a brief lock, then validated under SHARE UPDATE EXCLUSIVE (reads and
--- writes go on). Rows the block walk could not see (written with triggers disabled) fail
--- the proof; they are swept and it is retried.
 -- The completeness check of an online protection (added NOT VALID after the backfill,
 -- validated without blocking writes): every row with a plaintext has its twin, and for a
 -- field kind every twin holds that kind, which is what lets the cutover give the twin its
@@ -1940,6 +1936,12 @@ AS $$
                             r.column_name, r.twin_column, r.twin_column, r.twin_column, r.kind) END
 $$;
 
+-- Phase 3: prove every row has its twin. A NOT VALID check "plaintext present => twin
+-- present" (for a NOT NULL column: "twin present", the form SET NOT NULL can use; for a
+-- field kind also "the twin holds that kind", dscsa._twin_check) is
+-- added under a brief lock, then validated under SHARE UPDATE EXCLUSIVE (reads and
+-- writes go on). Rows the block walk could not see (written with triggers disabled) fail
+-- the proof; they are swept and it is retried.
 CREATE OR REPLACE FUNCTION dscsa._protect_check(job dscsa._protect_job) RETURNS dscsa._protect_job
     LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
     SET search_path = pg_catalog, pg_temp

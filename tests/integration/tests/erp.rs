@@ -23,6 +23,17 @@ fn assert_units_match(c: &mut Client) {
     assert_eq!(mismatched, 0, "units differ from the saved copy");
 }
 
+/// Every unit's protected note decrypts to its saved note as a lot number (the notes
+/// were made valid lot numbers, without spaces, before their protection).
+fn assert_notes_match(c: &mut Client) {
+    let mismatched = count(
+        c,
+        "SELECT count(*) FROM unit u JOIN saved_units s USING (id)
+          WHERE dscsa_decrypt(u.note) IS DISTINCT FROM replace(s.note, ' ', '')",
+    );
+    assert_eq!(mismatched, 0, "notes differ from the saved copy");
+}
+
 #[test]
 fn online_protection_killed_mid_backfill_resumes_without_losing_a_row() {
     let (db, mut c) = erp_db("online_kill", 100_000);
@@ -1074,15 +1085,7 @@ fn online_protection_of_a_field_kind_never_rewrites_the_table() {
         said.contains("public.unit.note: reading every twin to prove that it holds lot"),
         "{said}"
     );
-    assert_eq!(
-        count(
-            &mut c,
-            "SELECT count(*) FROM unit u JOIN saved_units s USING (id)
-              WHERE dscsa_decrypt(u.note) IS DISTINCT FROM replace(s.note, ' ', '')"
-        ),
-        0,
-        "every note decrypts to its value"
-    );
+    assert_notes_match(&mut c);
     assert_eq!(filenode(&mut c), before, "the table was rewritten");
 }
 
@@ -1167,13 +1170,5 @@ fn a_column_storing_the_table_row_type_stops_protection_before_anything_changes(
     );
     c.batch_execute("SELECT dscsa.load_key('k')")
         .expect("load key");
-    assert_eq!(
-        count(
-            &mut c,
-            "SELECT count(*) FROM unit u JOIN saved_units s USING (id)
-              WHERE dscsa_decrypt(u.note) IS DISTINCT FROM replace(s.note, ' ', '')"
-        ),
-        0,
-        "every note decrypts to its value"
-    );
+    assert_notes_match(&mut c);
 }
