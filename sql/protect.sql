@@ -740,38 +740,94 @@ BEGIN
 END
 $$;
 
--- Phase 2: one backfill batch over a block range (TID range scan). The UPDATE encrypts
--- the row's current plaintext under the row lock (it does not write the plaintext
--- column, so the sync trigger does not fire): a concurrent UPDATE of the plaintext either
--- ran before (twin set by the trigger, row skipped) or waits, and then the WHERE clause
--- and the twin are re-evaluated on the new row version.
+-- Phase 2, one block range (TID range scan), run by the session and by its backfill
+-- workers alike (src/backfill/). The UPDATE encrypts the row's current plaintext under
+-- the row lock (it does not write the plaintext column, so the sync trigger does not
+-- fire): a concurrent UPDATE of the plaintext either ran before (twin set by the
+-- trigger, row skipped) or waits, and then the WHERE clause and the twin are
+-- re-evaluated on the new row version. Returns the rows encrypted.
+CREATE OR REPLACE FUNCTION dscsa._protect_backfill_range(tbl regclass, col name, first_block bigint, end_block bigint)
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r dscsa.protected_columns := (SELECT p FROM dscsa.protected_columns p WHERE p.relid = tbl AND p.column_name = col);
+    plain text;
+    n bigint;
+BEGIN
+    IF r.state IS DISTINCT FROM 'backfilling' THEN
+        RAISE EXCEPTION 'no online protection of %.% is in progress', tbl, col
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    plain := dscsa._plaintext_expr(col,
+        (SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = col AND NOT a.attisdropped));
+    EXECUTE format(
+        'UPDATE %1$s SET %2$I = %3$s(%4$s, %5$L)%6$s
+          WHERE ctid >= format(''(%%s,0)'', $1::bigint)::tid
+            AND ctid < format(''(%%s,0)'', $2::bigint)::tid AND %2$I IS NULL AND %7$I IS NOT NULL',
+        tbl, r.twin_column, dscsa._encrypt_function(r.kind), plain, r.context,
+        CASE WHEN r.blind_index_column IS NULL THEN ''
+             ELSE format(', %I = dscsa.blind_index(%s, %L, %L)', r.blind_index_column, plain, r.blind_index_key, r.kind) END,
+        col)
+    USING first_block, end_block;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+-- Backfill workers (src/backfill/): the job of this session's backfill, shared with the
+-- workers that help it (dscsa.backfill_workers). Internal: called by dscsa._protect_backfill.
+CREATE OR REPLACE FUNCTION dscsa._backfill_running(tbl regclass, col text) RETURNS boolean
+    VOLATILE STRICT PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '_backfill_running_wrapper';
+CREATE OR REPLACE FUNCTION dscsa._backfill_start(tbl regclass, col text, first_block bigint, end_block bigint,
+                                                 step bigint, data_key text, blind_index_key text, rows_before bigint)
+    RETURNS integer
+    VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '_backfill_start_wrapper';
+CREATE OR REPLACE FUNCTION dscsa._backfill_claim() RETURNS bigint
+    VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '_backfill_claim_wrapper';
+CREATE OR REPLACE FUNCTION dscsa._backfill_done(rows bigint) RETURNS bigint[]
+    VOLATILE STRICT PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '_backfill_done_wrapper';
+CREATE OR REPLACE FUNCTION dscsa._backfill_finish() RETURNS bigint[]
+    VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '_backfill_finish_wrapper';
+
+-- Phase 2: one backfill step of this session: the next block range it takes (the
+-- backfill workers take theirs from the same job), committed with the registry's resume
+-- point, the block below which every range is done.
 CREATE OR REPLACE FUNCTION dscsa._protect_backfill(job dscsa._protect_job) RETURNS dscsa._protect_job
     LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     r dscsa.protected_columns := (SELECT p FROM dscsa.protected_columns p WHERE p.relid = job.tbl AND p.column_name = job.col);
-    plain text := dscsa._plaintext_expr(job.col,
-        (SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = job.tbl AND a.attname = job.col AND NOT a.attisdropped));
     total_pages bigint := greatest(r.backfill_end_block, 1);
-    n bigint;
+    workers integer;
+    first_block bigint;
+    progress bigint[];
 BEGIN
-    IF r.next_block >= r.backfill_end_block THEN
+    IF NOT dscsa._backfill_running(job.tbl, job.col) THEN
+        workers := dscsa._backfill_start(job.tbl, job.col, r.next_block, r.backfill_end_block, job.step,
+                                         current_setting('dscsa.key_name'), r.blind_index_key, r.rows_done);
+        IF workers > 0 THEN
+            RAISE NOTICE 'dscsa.protect_column %.%: % backfill workers help this session', job.tbl, job.col, workers;
+        END IF;
+    END IF;
+    first_block := dscsa._backfill_claim();
+    IF first_block IS NULL THEN
+        progress := dscsa._backfill_finish();
+        IF progress[3] > 0 THEN
+            RAISE NOTICE 'dscsa.protect_column %.%: % of % backfill workers stopped early (the server log says why); this session did their blocks',
+                job.tbl, job.col, progress[3], progress[2];
+        END IF;
+        r.next_block := greatest(r.next_block, r.backfill_end_block);
+        r.rows_done := progress[1];
+        PERFORM dscsa._registry('save', r.relid, r.column_name, r);
         job.phase := 'check';
         RETURN job;
     END IF;
-    EXECUTE format(
-        'UPDATE %1$s SET %2$I = %3$s(%4$s, %5$L)%6$s
-          WHERE ctid >= format(''(%%s,0)'', $1::bigint)::tid
-            AND ctid < format(''(%%s,0)'', $2::bigint)::tid AND %2$I IS NULL AND %7$I IS NOT NULL',
-        job.tbl, r.twin_column, dscsa._encrypt_function(r.kind), plain, r.context,
-        CASE WHEN r.blind_index_column IS NULL THEN ''
-             ELSE format(', %I = dscsa.blind_index(%s, %L, %L)', r.blind_index_column, plain, r.blind_index_key, r.kind) END,
-        job.col)
-    USING r.next_block, r.next_block + job.step;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    r.next_block := r.next_block + job.step;
-    r.rows_done := r.rows_done + n;
+    progress := dscsa._backfill_done(dscsa._protect_backfill_range(job.tbl, job.col, first_block, first_block + job.step));
+    r.next_block := progress[1];
+    r.rows_done := progress[2];
     PERFORM dscsa._registry('save', r.relid, r.column_name, r);
     RAISE NOTICE 'dscsa.protect_column %.%: % rows, % %% of blocks, % rows/s', job.tbl, job.col, r.rows_done,
         round(100.0 * least(r.next_block, total_pages) / total_pages, 1),

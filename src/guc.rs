@@ -9,6 +9,8 @@
 //!   is itself recorded in the trail (src/audit/mod.rs, `setting_changed`).
 //! - `dscsa.blind_index_rewrite` (any user): transparent blind-index lookups
 //!   (src/lookup.rs).
+//! - `dscsa.backfill_workers` (any user): background workers that help an online
+//!   `protect_column` backfill (src/backfill.rs).
 //! - `dscsa.gs1_validation` (superuser only, recorded like the audit settings) and
 //!   `dscsa.identifier_index_key` (any user): docs/GS1.md.
 
@@ -57,6 +59,8 @@ pub static GS1_VALIDATION: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// Transparent blind-index lookups (src/lookup.rs).
 pub static BLIND_INDEX_REWRITE: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// The blind-index key of `dscsa.identifier_index` (src/gs1.rs).
+/// Background workers that help an online `protect_column` backfill (src/backfill.rs).
+pub static BACKFILL_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
 pub static IDENTIFIER_INDEX_KEY: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"identifier"));
 
@@ -350,6 +354,16 @@ static mut KEY_NAME: *mut c_char = std::ptr::null_mut();
 pub fn init() {
     define_audit_gucs();
     define_gs1_gucs();
+    GucRegistry::define_int_guc(
+        c"dscsa.backfill_workers",
+        c"Background workers that help an online dscsa.protect_column backfill.",
+        c"Each takes block ranges of the table as the calling session does, as the same user, with the same keys loaded through the KMS hook; 0 backfills in the calling session alone. Needs pg_dscsa in shared_preload_libraries and free max_worker_processes slots (docs/PROTECT.md, \"Backfill workers\").",
+        &BACKFILL_WORKERS,
+        0,
+        crate::backfill::MAX_WORKERS as i32,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"dscsa.kms_command",
         c"Command that wraps and unwraps pg_dscsa data keys (the KMS hook).",

@@ -10,6 +10,7 @@ use pgrx::prelude::*;
 
 mod audit;
 mod authz;
+mod backfill;
 mod blind;
 mod breaker;
 mod crypto;
@@ -84,6 +85,7 @@ pub extern "C-unwind" fn _PG_init() {
         }
     }
     keys::init();
+    backfill::init();
     rotation::init();
     hooks::init();
     lookup::init();

@@ -10,7 +10,9 @@
 //!   taken after draining the queue matches the trail exactly;
 //! - the worker's registration (pid, latch, heartbeat) and the condition variable
 //!   backends wait on for durability;
-//! - the alert state (rate limiting) of the worker.
+//! - the alert state (rate limiting) of the worker;
+//! - the jobs of online backfills and their dynamic workers (src/backfill/), under a
+//!   lock of their own.
 //!
 //! It exists only when pg_dscsa is in `shared_preload_libraries`: the size is requested
 //! in `shmem_request_hook` and the segment initialized in `shmem_startup_hook` (both set
@@ -350,8 +352,9 @@ unsafe extern "C-unwind" fn shmem_request() {
     }
     pg_sys::RequestAddinShmemSpace(segment_size());
     pg_sys::RequestAddinShmemSpace(kms_size());
-    // Two locks: the audit queue's and the key management state's.
-    pg_sys::RequestNamedLWLockTranche(SEGMENT.as_ptr(), 2);
+    pg_sys::RequestAddinShmemSpace(crate::backfill::shared_size());
+    // Three locks: the audit queue's, the key management state's, the backfill jobs'.
+    pg_sys::RequestNamedLWLockTranche(SEGMENT.as_ptr(), 3);
 }
 
 #[pg_guard]
@@ -373,6 +376,9 @@ unsafe extern "C-unwind" fn shmem_startup() {
     }
     SHARED = header;
     init_kms(&raw mut (*pg_sys::GetNamedLWLockTranche(SEGMENT.as_ptr()).add(1)).lock);
+    crate::backfill::init_shared(
+        &raw mut (*pg_sys::GetNamedLWLockTranche(SEGMENT.as_ptr()).add(2)).lock,
+    );
     pg_sys::LWLockRelease(init_lock);
 }
 

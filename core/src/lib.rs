@@ -32,5 +32,6 @@ pub mod kms;
 pub mod locked;
 pub mod nonce;
 pub mod provenance;
+pub mod ranges;
 
 pub use error::{Error, Result, SqlState};

@@ -1,0 +1,561 @@
+//! Backfill workers: background workers that help the session running an online
+//! `dscsa.protect_column` encrypt its table (docs/PROTECT.md, "Backfill workers").
+//!
+//! The backfill is one UPDATE per block range, each committed on its own, and
+//! independent of the others (each encrypts the rows of its blocks under their row
+//! locks, `WHERE twin IS NULL`), so ranges can run side by side. The calling session (the
+//! leader) registers a job in shared memory: the table, the column, the block ranges left
+//! (`dscsa_core::ranges`), who it runs as and which keys it uses. It then starts up to
+//! `dscsa.backfill_workers` dynamic background workers (worker.rs) and backfills ranges
+//! itself, taking them from the same table. Each worker connects to the leader's
+//! database as the leader's user, loads the same keys through the KMS hook (the key
+//! cache usually answers), and runs the same SQL function as the leader,
+//! `dscsa._protect_backfill_range`, one range per transaction.
+//!
+//! The registry's resume point is the block below which every range is done: an
+//! interrupted run redoes at most the ranges in flight, which the `twin IS NULL`
+//! condition makes cheap. A worker that fails (its error is in the server log) leaves
+//! its range to the leader, which takes it over; if the leader's transaction aborts
+//! (error, cancel, termination), the job is cancelled and its workers are terminated.
+//! Without shared memory (pg_dscsa not preloaded) the leader backfills alone, through
+//! the same range table kept in its own memory.
+
+mod worker;
+
+use std::cell::RefCell;
+
+use dscsa_core::ranges::{Claim, Ranges};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::guc;
+
+/// Background workers per job at most (participants 1..=MAX_WORKERS; 0 is the leader).
+pub const MAX_WORKERS: usize = 8;
+/// Jobs the cluster runs at once with workers; a leader that finds none free goes alone.
+const MAX_JOBS: usize = 16;
+/// Bytes kept of a column or key name (NUL-terminated); longer names go without workers.
+const NAME_LEN: usize = 128;
+const LEADER: u8 = 0;
+
+/// One backfill, as its leader and workers share it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Job {
+    /// Changes whenever the slot is taken, so that a worker of an earlier job that sees
+    /// the slot reused stops.
+    generation: u64,
+    active: bool,
+    cancelled: bool,
+    leader_pid: i32,
+    dboid: pg_sys::Oid,
+    /// The leader's login role (what a worker connects as) and its current user and
+    /// security context (what it then runs as).
+    auth_user: pg_sys::Oid,
+    current_user: pg_sys::Oid,
+    sec_context: i32,
+    relid: pg_sys::Oid,
+    column: [u8; NAME_LEN],
+    data_key: [u8; NAME_LEN],
+    blind_index_key: [u8; NAME_LEN],
+    /// Superuser settings of the leader that change what an encryption accepts or
+    /// records; a worker runs with the same values.
+    gs1_validation: bool,
+    audit: bool,
+    first_block: u64,
+    step: u64,
+    ranges: Ranges,
+    rows: i64,
+    workers: u32,
+    /// Workers that ended their loop normally (the others failed or were stopped).
+    worker_ok: [bool; MAX_WORKERS],
+}
+
+impl Job {
+    fn block_of(&self, range: u64) -> i64 {
+        (self.first_block + range * self.step) as i64
+    }
+}
+
+/// What a worker needs to start, copied out of its job.
+struct WorkerParams {
+    dboid: pg_sys::Oid,
+    auth_user: pg_sys::Oid,
+    current_user: pg_sys::Oid,
+    sec_context: i32,
+    relid: pg_sys::Oid,
+    column: String,
+    data_key: String,
+    blind_index_key: String,
+    gs1_validation: bool,
+    audit: bool,
+}
+
+#[repr(C)]
+struct Shared {
+    lock: *mut pg_sys::LWLock,
+    generations: u64,
+    jobs: [Job; MAX_JOBS],
+}
+
+static mut SHARED: *mut Shared = std::ptr::null_mut();
+
+/// Bytes the job table needs in the shared segment (src/shmem.rs).
+pub fn shared_size() -> usize {
+    std::mem::size_of::<Shared>()
+}
+
+/// Sets up the job table (in the postmaster, from shmem_startup, AddinShmemInitLock held).
+///
+/// # Safety
+/// Called once per postmaster life from shmem_startup, with `lock` a named LWLock.
+pub unsafe fn init_shared(lock: *mut pg_sys::LWLock) {
+    let mut found = false;
+    let s = pg_sys::ShmemInitStruct(c"pg_dscsa backfill".as_ptr(), shared_size(), &mut found)
+        .cast::<Shared>();
+    if !found {
+        std::ptr::write_bytes(s.cast::<u8>(), 0, shared_size());
+        (*s).lock = lock;
+    }
+    SHARED = s;
+}
+
+/// Runs `f` on job `slot` under the table's lock; None without shared memory.
+fn with_shared_job<T>(slot: usize, f: impl FnOnce(&mut Job) -> T) -> Option<T> {
+    // SAFETY: SHARED points at the initialized table for the life of the process; the
+    // LWLock serializes access (released by error recovery if `f` raised, which it does
+    // not: it only reads and writes plain fields).
+    unsafe {
+        let s = SHARED;
+        if s.is_null() || slot >= MAX_JOBS {
+            return None;
+        }
+        pg_sys::LWLockAcquire((*s).lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let result = f(&mut (*s).jobs[slot]);
+        pg_sys::LWLockRelease((*s).lock);
+        Some(result)
+    }
+}
+
+/// This backend's job as leader: in shared memory (`slot`) or, without it, here.
+struct Leading {
+    slot: Option<usize>,
+    local: Box<Job>,
+    generation: u64,
+    /// Rows the protection had done before this call.
+    rows_before: i64,
+    /// The range the leader is backfilling now.
+    current: Option<u64>,
+    /// The workers' handles (palloc'd in TopMemoryContext: they outlive the leader's
+    /// transactions), by participant number - 1.
+    handles: Vec<*mut pg_sys::BackgroundWorkerHandle>,
+}
+
+thread_local! {
+    static LEADING: RefCell<Option<Leading>> = const { RefCell::new(None) };
+}
+
+impl Leading {
+    fn with_job<T>(&mut self, f: impl FnOnce(&mut Job) -> T) -> T {
+        let mut f = Some(f);
+        if let Some(slot) = self.slot {
+            if let Some(Some(result)) = with_shared_job(slot, |job| f.take().map(|f| f(job))) {
+                return result;
+            }
+        }
+        // Not in shared memory (or, impossibly, the table went away): the local copy.
+        match f.take() {
+            Some(f) => f(&mut self.local),
+            None => unreachable!("the job function ran but returned nothing"),
+        }
+    }
+
+    /// Participants (workers) whose process has stopped.
+    fn stopped_workers(&self) -> [bool; MAX_WORKERS + 1] {
+        let mut stopped = [false; MAX_WORKERS + 1];
+        for (i, h) in self.handles.iter().enumerate() {
+            let mut pid = 0;
+            // SAFETY: a handle RegisterDynamicBackgroundWorker returned, kept alive.
+            let status = unsafe { pg_sys::GetBackgroundWorkerPid(*h, &mut pid) };
+            stopped[i + 1] = status == pg_sys::BgwHandleStatus::BGWH_STOPPED
+                || status == pg_sys::BgwHandleStatus::BGWH_POSTMASTER_DIED;
+        }
+        stopped
+    }
+}
+
+fn name_bytes(s: &str) -> Option<[u8; NAME_LEN]> {
+    let b = s.as_bytes();
+    if b.len() >= NAME_LEN || b.contains(&0) {
+        return None;
+    }
+    let mut out = [0u8; NAME_LEN];
+    out[..b.len()].copy_from_slice(b);
+    Some(out)
+}
+
+fn name_string(b: &[u8; NAME_LEN]) -> String {
+    let end = b.iter().position(|c| *c == 0).unwrap_or(NAME_LEN);
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+fn now_waiting(ms: i64) {
+    // SAFETY: sleeps on this process's latch (woken early by interrupts), then serves
+    // them (a cancel raises here, and the abort callback stops the workers).
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            ms,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+    pgrx::check_for_interrupts!();
+}
+
+/// Cancels this backend's job, if any: its workers are told to stop (SIGTERM: a range
+/// in flight is rolled back) and the slot is freed. Called when the leader's transaction
+/// aborts and when a new job starts over a stale one.
+fn cancel_leading() {
+    let Some(mut leading) = LEADING.with(|l| l.borrow_mut().take()) else {
+        return;
+    };
+    if let Some(slot) = leading.slot {
+        let generation = leading.generation;
+        with_shared_job(slot, |job| {
+            if job.generation == generation {
+                job.cancelled = true;
+                job.active = false;
+            }
+        });
+    }
+    for h in leading.handles.drain(..) {
+        // SAFETY: handles from RegisterDynamicBackgroundWorker, freed once.
+        unsafe {
+            pg_sys::TerminateBackgroundWorker(h);
+            pg_sys::pfree(h.cast());
+        }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact_event(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::XactEvent::XACT_EVENT_ABORT
+        || event == pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT
+    {
+        cancel_leading();
+    }
+}
+
+pub fn init() {
+    // SAFETY: registers a callback whose function pointer lives as long as the library.
+    unsafe { pg_sys::RegisterXactCallback(Some(on_xact_event), std::ptr::null_mut()) };
+}
+
+/// Takes a free job slot for `job`; None when all are in use.
+fn take_slot(job: &mut Job) -> Option<usize> {
+    // SAFETY: as with_shared_job, over the whole table.
+    unsafe {
+        let s = SHARED;
+        if s.is_null() {
+            return None;
+        }
+        pg_sys::LWLockAcquire((*s).lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let free = (*s).jobs.iter().position(|j| !j.active);
+        if let Some(i) = free {
+            (*s).generations += 1;
+            job.generation = (*s).generations;
+            (*s).jobs[i] = *job;
+        }
+        pg_sys::LWLockRelease((*s).lock);
+        free
+    }
+}
+
+/// Starts worker `participant` of the job in `slot`; its handle, or None if the
+/// postmaster has no free worker slot.
+fn start_worker(
+    slot: usize,
+    generation: u64,
+    participant: u8,
+) -> Option<*mut pg_sys::BackgroundWorkerHandle> {
+    let builder = pgrx::bgworkers::BackgroundWorkerBuilder::new("pg_dscsa backfill")
+        .set_type("pg_dscsa backfill")
+        .set_library("pg_dscsa")
+        .set_function("dscsa_backfill_worker_main")
+        .enable_spi_access()
+        .set_start_time(pgrx::bgworkers::BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(None)
+        .set_argument(Some(pg_sys::Datum::from(slot)))
+        .set_extra(&format!("{generation} {participant}"))
+        // SAFETY: reads MyProcPid.
+        .set_notify_pid(unsafe { pg_sys::MyProcPid });
+    let mut bgw: pg_sys::BackgroundWorker = (&builder).into();
+    let mut handle: *mut pg_sys::BackgroundWorkerHandle = std::ptr::null_mut();
+    // SAFETY: the handle is allocated in TopMemoryContext so that it outlives this
+    // transaction (the leader commits after every range); freed by finish/cancel.
+    let registered = unsafe {
+        let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+        let ok = pg_sys::RegisterDynamicBackgroundWorker(&mut bgw, &mut handle);
+        pg_sys::MemoryContextSwitchTo(old);
+        ok
+    };
+    registered.then_some(handle)
+}
+
+/// `dscsa._backfill_running(tbl, col)`: whether this session is backfilling that column
+/// (a job started by an earlier step of the same call).
+#[pg_extern(sql = false)]
+fn _backfill_running(tbl: pg_sys::Oid, col: &str) -> bool {
+    LEADING.with(|l| {
+        l.borrow_mut().as_mut().is_some_and(|leading| {
+            leading.with_job(|job| job.relid == tbl && name_string(&job.column) == col)
+        })
+    })
+}
+
+/// `dscsa._backfill_start(tbl, col, first_block, end_block, step, data_key,
+/// blind_index_key, rows_before)`: registers the job of the blocks left and starts its
+/// workers; returns how many started.
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(sql = false)]
+fn _backfill_start(
+    tbl: pg_sys::Oid,
+    col: &str,
+    first_block: i64,
+    end_block: i64,
+    step: i64,
+    data_key: &str,
+    blind_index_key: Option<&str>,
+    rows_before: i64,
+) -> i32 {
+    cancel_leading();
+    let step = step.max(1) as u64;
+    let first = first_block.max(0) as u64;
+    let count = (end_block.max(0) as u64)
+        .saturating_sub(first)
+        .div_ceil(step);
+    let (auth_user, current_user, sec_context) = {
+        let mut user = pg_sys::InvalidOid;
+        let mut context = 0;
+        // SAFETY: reads backend globals.
+        unsafe {
+            pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
+            (pg_sys::GetAuthenticatedUserId(), user, context)
+        }
+    };
+    let names = (
+        name_bytes(col),
+        name_bytes(data_key),
+        name_bytes(blind_index_key.unwrap_or("")),
+    );
+    let mut job = Job {
+        generation: 0,
+        active: true,
+        cancelled: false,
+        // SAFETY: reads backend globals.
+        leader_pid: unsafe { pg_sys::MyProcPid },
+        dboid: unsafe { pg_sys::MyDatabaseId },
+        auth_user,
+        current_user,
+        sec_context,
+        relid: tbl,
+        column: names.0.unwrap_or([0; NAME_LEN]),
+        data_key: names.1.unwrap_or([0; NAME_LEN]),
+        blind_index_key: names.2.unwrap_or([0; NAME_LEN]),
+        gs1_validation: guc::GS1_VALIDATION.get(),
+        audit: guc::AUDIT.get(),
+        first_block: first,
+        step,
+        ranges: Ranges::new(count),
+        rows: 0,
+        workers: 0,
+        worker_ok: [false; MAX_WORKERS],
+    };
+    let wanted = (guc::BACKFILL_WORKERS.get().clamp(0, MAX_WORKERS as i32) as u64)
+        .min(count.saturating_sub(1)) as usize;
+    let names_fit = names.0.is_some() && names.1.is_some() && names.2.is_some();
+    let slot = if wanted > 0 && names_fit {
+        take_slot(&mut job)
+    } else {
+        None
+    };
+    let mut handles = Vec::new();
+    if let Some(slot) = slot {
+        for participant in 1..=wanted as u8 {
+            match start_worker(slot, job.generation, participant) {
+                Some(h) => handles.push(h),
+                None => break,
+            }
+        }
+        with_shared_job(slot, |j| j.workers = handles.len() as u32);
+    }
+    let started = handles.len() as i32;
+    LEADING.with(|l| {
+        *l.borrow_mut() = Some(Leading {
+            slot,
+            generation: job.generation,
+            local: Box::new(job),
+            rows_before,
+            current: None,
+            handles,
+        })
+    });
+    started
+}
+
+/// `dscsa._backfill_claim()`: the first block of the next range for this session to
+/// backfill, or NULL when every range is done. Takes over the range of a worker that
+/// stopped; waits while the others finish theirs.
+#[pg_extern(sql = false)]
+fn _backfill_claim() -> Option<i64> {
+    loop {
+        let claimed = LEADING.with(|l| {
+            let mut l = l.borrow_mut();
+            let leading = l.as_mut()?;
+            let stopped = leading.stopped_workers();
+            let claim = leading.with_job(|job| match job.ranges.claim(LEADER) {
+                Claim::Wait => match job.ranges.take_over(LEADER, |p| stopped[p as usize]) {
+                    Some(range) => Claim::Range(range),
+                    None => Claim::Wait,
+                },
+                other => other,
+            });
+            Some(match claim {
+                Claim::Range(range) => {
+                    leading.current = Some(range);
+                    Some(Some(leading.with_job(|job| job.block_of(range))))
+                }
+                Claim::Finished => Some(None),
+                Claim::Wait => None,
+            })
+        });
+        match claimed {
+            None => return None,
+            Some(Some(answer)) => return answer,
+            Some(None) => now_waiting(5),
+        }
+    }
+}
+
+/// `dscsa._backfill_done(rows)`: the session's current range is done (in its
+/// transaction, with the registry); returns {block below which every range is done,
+/// rows of the protection so far}.
+#[pg_extern(sql = false)]
+fn _backfill_done(rows: i64) -> Vec<i64> {
+    LEADING.with(|l| {
+        let mut l = l.borrow_mut();
+        let Some(leading) = l.as_mut() else {
+            return vec![0, 0];
+        };
+        let current = leading.current.take();
+        let before = leading.rows_before;
+        leading.with_job(|job| {
+            if let Some(range) = current {
+                if job.ranges.done(range, LEADER) {
+                    job.rows += rows;
+                }
+            }
+            vec![job.block_of(job.ranges.done_below()), before + job.rows]
+        })
+    })
+}
+
+/// `dscsa._backfill_finish()`: every range is done; waits for the workers to exit, frees
+/// the job, and returns {rows of the protection, workers started, workers that failed}.
+#[pg_extern(sql = false)]
+fn _backfill_finish() -> Vec<i64> {
+    let Some(mut leading) = LEADING.with(|l| l.borrow_mut().take()) else {
+        return vec![0, 0, 0];
+    };
+    for h in leading.handles.drain(..) {
+        // SAFETY: a handle of a worker this backend registered (notify pid = us); it has
+        // nothing left to claim and exits.
+        unsafe {
+            pg_sys::WaitForBackgroundWorkerShutdown(h);
+            pg_sys::pfree(h.cast());
+        }
+    }
+    let before = leading.rows_before;
+    let (rows, workers, failed) = leading.with_job(|job| {
+        let failed = job.worker_ok[..job.workers as usize]
+            .iter()
+            .filter(|ok| !**ok)
+            .count();
+        job.active = false;
+        (before + job.rows, job.workers, failed)
+    });
+    vec![rows, i64::from(workers), failed as i64]
+}
+
+/// A worker's view of its job: None once the job is gone, cancelled, or its leader has
+/// exited.
+fn worker_job<T>(slot: usize, generation: u64, f: impl FnOnce(&mut Job) -> T) -> Option<T> {
+    with_shared_job(slot, |job| {
+        // SAFETY: BackendPidGetProc takes ProcArrayLock; a leader that exited is gone.
+        let leader_alive = unsafe { !pg_sys::BackendPidGetProc(job.leader_pid).is_null() };
+        (job.generation == generation && job.active && !job.cancelled && leader_alive)
+            .then(|| f(job))
+    })
+    .flatten()
+}
+
+fn worker_params(slot: usize, generation: u64) -> Option<WorkerParams> {
+    worker_job(slot, generation, |job| WorkerParams {
+        dboid: job.dboid,
+        auth_user: job.auth_user,
+        current_user: job.current_user,
+        sec_context: job.sec_context,
+        relid: job.relid,
+        column: name_string(&job.column),
+        data_key: name_string(&job.data_key),
+        blind_index_key: name_string(&job.blind_index_key),
+        gs1_validation: job.gs1_validation,
+        audit: job.audit,
+    })
+}
+
+/// What a worker does next.
+enum WorkerStep {
+    /// Backfill range `.0`, its blocks from `.1` to `.2`.
+    Range(u64, i64, i64),
+    Wait,
+    Stop,
+}
+
+fn worker_claim(slot: usize, generation: u64, participant: u8) -> WorkerStep {
+    worker_job(slot, generation, |job| {
+        if job.ranges.all_claimed() {
+            return WorkerStep::Stop;
+        }
+        match job.ranges.claim(participant) {
+            Claim::Range(r) => WorkerStep::Range(r, job.block_of(r), job.block_of(r + 1)),
+            Claim::Wait => WorkerStep::Wait,
+            Claim::Finished => WorkerStep::Stop,
+        }
+    })
+    .unwrap_or(WorkerStep::Stop)
+}
+
+fn worker_done(slot: usize, generation: u64, participant: u8, range: u64, rows: i64) {
+    worker_job(slot, generation, |job| {
+        if job.ranges.done(range, participant) {
+            job.rows += rows;
+        }
+    });
+}
+
+fn worker_finished(slot: usize, generation: u64, participant: u8) {
+    worker_job(slot, generation, |job| {
+        if let Some(ok) = job.worker_ok.get_mut(participant as usize - 1) {
+            *ok = true;
+        }
+    });
+}
+
+/// The SQL a participant runs for one range (sql/protect.sql).
+const RANGE_SQL: &str = "SELECT dscsa._protect_backfill_range($1::pg_catalog.oid::pg_catalog.regclass, $2::pg_catalog.name, $3, $4)";
