@@ -14,7 +14,7 @@ SELECT dscsa.create_blind_index_key('bench_bidx') WHERE NOT EXISTS (SELECT 1 FRO
 SELECT dscsa.load_key('bench_bidx') AS versions_loaded;
 
 \echo Preparing four identical tables of :mrows units...
-DROP TABLE IF EXISTS mig_rewrite, mig_in_place, mig_online, mig_online_bidx;
+DROP TABLE IF EXISTS mig_rewrite, mig_in_place, mig_online, mig_online_bidx, mig_online_alone;
 CREATE TABLE mig_rewrite (id bigint PRIMARY KEY, lot_id int NOT NULL, serial text NOT NULL, status text NOT NULL);
 INSERT INTO mig_rewrite SELECT i, 1 + i % 1000, 'SN' || lpad(i::text, 18, '0'), 'commissioned' FROM generate_series(1, :mrows) i;
 CREATE TABLE mig_in_place (LIKE mig_rewrite INCLUDING ALL);
@@ -23,45 +23,56 @@ CREATE TABLE mig_online (LIKE mig_rewrite INCLUDING ALL);
 INSERT INTO mig_online SELECT * FROM mig_rewrite;
 CREATE TABLE mig_online_bidx (LIKE mig_rewrite INCLUDING ALL);
 INSERT INTO mig_online_bidx SELECT * FROM mig_rewrite;
-VACUUM ANALYZE mig_rewrite, mig_in_place, mig_online, mig_online_bidx;
+CREATE TABLE mig_online_alone (LIKE mig_rewrite INCLUDING ALL);
+INSERT INTO mig_online_alone SELECT * FROM mig_rewrite;
+VACUUM ANALYZE mig_rewrite, mig_in_place, mig_online, mig_online_bidx, mig_online_alone;
 -- No autovacuum in the middle of a timed step (each step leaves a million dead rows).
 ALTER TABLE mig_rewrite SET (autovacuum_enabled = false);
 ALTER TABLE mig_in_place SET (autovacuum_enabled = false);
 ALTER TABLE mig_online SET (autovacuum_enabled = false);
 ALTER TABLE mig_online_bidx SET (autovacuum_enabled = false);
+ALTER TABLE mig_online_alone SET (autovacuum_enabled = false);
 CREATE TEMP TABLE mig_results (step int, name text, ms numeric);
 
-\echo 1/5 baseline: UPDATE t SET serial = serial || ''
+\echo 1/6 baseline: UPDATE t SET serial = serial || ''
 CHECKPOINT;
 SELECT clock_timestamp() AS t0 \gset
 UPDATE mig_rewrite SET serial = serial || '';
 INSERT INTO mig_results SELECT 1, 'plain rewrite UPDATE c = c || ''''', extract(epoch FROM clock_timestamp() - :'t0'::timestamptz) * 1000;
 
-\echo 2/5 protect_column in place
+\echo 2/6 protect_column in place
 CHECKPOINT;
 SELECT clock_timestamp() AS t0 \gset
 CALL dscsa.protect_column('mig_in_place', 'serial', kind => 'serial', mode => 'in_place');
 INSERT INTO mig_results SELECT 2, 'protect_column in place', extract(epoch FROM clock_timestamp() - :'t0'::timestamptz) * 1000;
 
-\echo 3/5 protect_column online
+\echo 3/6 protect_column online
 CHECKPOINT;
 SELECT clock_timestamp() AS t0 \gset
 CALL dscsa.protect_column('mig_online', 'serial', kind => 'serial', batch_size => 50000);
 INSERT INTO mig_results SELECT 3, 'protect_column online', extract(epoch FROM clock_timestamp() - :'t0'::timestamptz) * 1000;
 
-\echo 4/5 protect_column online with a blind index
+\echo 4/6 protect_column online with a blind index
 CHECKPOINT;
 SELECT clock_timestamp() AS t0 \gset
 CALL dscsa.protect_column('mig_online_bidx', 'serial', kind => 'serial', blind_index_key => 'bench_bidx', batch_size => 50000);
 INSERT INTO mig_results SELECT 4, 'protect_column online + blind index', extract(epoch FROM clock_timestamp() - :'t0'::timestamptz) * 1000;
 
-\echo 5/5 rotate the data key, re-encrypt the in-place table
+\echo 5/6 rotate the data key, re-encrypt the in-place table
 SELECT dscsa.rotate_key('bench') AS new_key_id;
 SELECT dscsa.load_key('bench') AS versions_loaded;
 CHECKPOINT;
 SELECT clock_timestamp() AS t0 \gset
 CALL dscsa.reencrypt('mig_in_place', 'serial', NULL, 50000);
 INSERT INTO mig_results SELECT 5, 'reencrypt to the new version', extract(epoch FROM clock_timestamp() - :'t0'::timestamptz) * 1000;
+
+\echo 6/6 protect_column online with a blind index, the session alone (dscsa.backfill_workers = 0)
+SET dscsa.backfill_workers = 0;
+CHECKPOINT;
+SELECT clock_timestamp() AS t0 \gset
+CALL dscsa.protect_column('mig_online_alone', 'serial', kind => 'serial', blind_index_key => 'bench_bidx', batch_size => 50000);
+INSERT INTO mig_results SELECT 6, 'protect_column online + blind index, no workers', extract(epoch FROM clock_timestamp() - :'t0'::timestamptz) * 1000;
+RESET dscsa.backfill_workers;
 
 -- Correctness of what was timed, so a fast wrong run cannot pass for a result.
 DO $$
@@ -70,9 +81,11 @@ DECLARE
 BEGIN
     SELECT count(*) INTO bad
       FROM mig_rewrite r JOIN mig_in_place p USING (id) JOIN mig_online o USING (id) JOIN mig_online_bidx b USING (id)
+     JOIN mig_online_alone a USING (id)
      WHERE dscsa.dscsa_decrypt(p.serial) <> r.serial OR dscsa.dscsa_decrypt(o.serial) <> r.serial
-        OR dscsa.dscsa_decrypt(b.serial) <> r.serial;
-    IF bad > 0 OR (SELECT count(*) FROM mig_online_bidx) <> (SELECT count(*) FROM mig_rewrite) THEN
+        OR dscsa.dscsa_decrypt(b.serial) <> r.serial OR dscsa.dscsa_decrypt(a.serial) <> r.serial;
+    IF bad > 0 OR (SELECT count(*) FROM mig_online_bidx) <> (SELECT count(*) FROM mig_rewrite)
+       OR (SELECT count(*) FROM mig_online_alone) <> (SELECT count(*) FROM mig_rewrite) THEN
         RAISE EXCEPTION 'protected tables differ from the plaintext: % rows', bad;
     END IF;
 END

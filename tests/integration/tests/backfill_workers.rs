@@ -7,13 +7,33 @@ use std::time::{Duration, Instant};
 use pg_dscsa_itest::*;
 use postgres::Client;
 
-/// A table `t (id, serial)` of `rows` units whose serials are `SN` and ten digits of id.
+/// A table `t (id, serial)` of `rows` units whose serials are `SN` and ten digits of id,
+/// and an empty `changed (id, serial)` for the serials a test changes.
 fn serial_table(c: &mut Client, rows: i64) {
     c.batch_execute(&format!(
         "CREATE TABLE t (id bigint PRIMARY KEY, serial text NOT NULL);
-         INSERT INTO t SELECT i, 'SN' || lpad(i::text, 10, '0') FROM generate_series(1, {rows}) i;"
+         INSERT INTO t SELECT i, 'SN' || lpad(i::text, 10, '0') FROM generate_series(1, {rows}) i;
+         CREATE TABLE changed (id bigint PRIMARY KEY, serial text NOT NULL);"
     ))
     .expect("serial table");
+}
+
+/// A session of `user`, with key `k` loaded, that will call protect_column with
+/// `workers` backfill workers, keeping its notices; `setup` runs first (SET ROLE).
+fn leader(
+    db: &str,
+    user: &str,
+    setup: &str,
+    workers: i32,
+) -> (Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let (mut leader, notices) = connect_keeping_notices(db, user);
+    leader
+        .batch_execute(&format!(
+            "{setup} SET dscsa.key_name = 'k'; SET dscsa.backfill_workers = {workers};
+             SELECT dscsa.load_key('k');"
+        ))
+        .expect("leader session");
+    (leader, notices)
 }
 
 /// Rows of `t` whose protected serial does not decrypt to `SN` and ten digits of its id,
@@ -70,8 +90,7 @@ fn workers_backfill_as_the_callers_role_while_the_application_writes() {
     serial_table(&mut c, 60_000);
     // Who ran each backfill statement: one row per UPDATE statement on t.
     c.batch_execute(
-        "CREATE TABLE changed (id bigint PRIMARY KEY, serial text NOT NULL);
-         CREATE TABLE seen (backend_type text, current_user_name name, session_user_name name);
+        "CREATE TABLE seen (backend_type text, current_user_name name, session_user_name name);
          CREATE FUNCTION note_who() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN
            INSERT INTO public.seen SELECT backend_type, current_user, session_user FROM pg_stat_activity WHERE pid = pg_backend_pid();
@@ -83,46 +102,45 @@ fn workers_backfill_as_the_callers_role_while_the_application_writes() {
          ALTER TABLE seen OWNER TO bfw_owner;",
     )
     .expect("trigger");
-    let (mut leader, notices) = connect_keeping_notices(&db, "bfw_login");
-    leader
-        .batch_execute(
-            "SET ROLE bfw_owner; SET dscsa.key_name = 'k'; SET dscsa.backfill_workers = 2;
-             SELECT dscsa.load_key('k');",
-        )
-        .expect("leader session");
-    // The application changes serials and adds units while the backfill runs.
+    let (mut leader, notices) = leader(&db, "bfw_login", "SET ROLE bfw_owner;", 2);
+    // The application changes serials (through the plaintext column) until the cutover.
     let app_db = db.clone();
     let app = std::thread::spawn(move || {
         let mut app = session_with_keys(&app_db, "postgres", &["k"]);
-        let mut round = 0;
-        while count(
-            &mut app,
-            "SELECT count(*) FROM dscsa.protected_columns WHERE state = 'protected'",
-        ) == 0
-        {
-            round += 1;
+        let protected = |app: &mut Client| {
+            count(
+                app,
+                "SELECT count(*) FROM dscsa.protected_columns WHERE state = 'protected'",
+            ) > 0
+        };
+        let mut changes = 0;
+        for round in 1_i64.. {
+            if protected(&mut app) {
+                break;
+            }
             let id = 1 + (round * 7919) % 60_000;
             let serial = format!("CHANGED{round:08}");
-            // Through whichever column the table has now: plaintext during the backfill.
             let r = app.execute(
-                "UPDATE t SET serial = $2::text WHERE id = $1 AND pg_typeof(serial) = 'text'::regtype",
-                &[&(id as i64) as &(dyn postgres::types::ToSql + Sync), &serial],
+                "UPDATE t SET serial = $2::text WHERE id = $1 AND pg_typeof(serial)::oid = 'text'::regtype::oid",
+                &[&id as &(dyn postgres::types::ToSql + Sync), &serial],
             );
             match r {
                 Ok(1) => {
                     app.execute(
                         "INSERT INTO changed VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET serial = excluded.serial",
-                        &[&(id as i64) as &(dyn postgres::types::ToSql + Sync), &serial],
+                        &[&id as &(dyn postgres::types::ToSql + Sync), &serial],
                     )
                     .expect("remember change");
+                    changes += 1;
                 }
-                Ok(_) => break,
-                Err(e) if e.code().is_some() => break,
+                // The column was just cut over: it takes ciphertext now.
+                Ok(_) | Err(_) if protected(&mut app) => break,
+                Ok(n) => panic!("application update changed {n} rows"),
                 Err(e) => panic!("application update: {e}"),
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        round
+        changes
     });
     leader
         .batch_execute(
@@ -162,8 +180,7 @@ fn a_worker_that_fails_leaves_its_blocks_to_the_session() {
     let (db, mut c) = fresh_db("bfw_fail");
     serial_table(&mut c, 30_000);
     c.batch_execute(
-        "CREATE TABLE changed (id bigint PRIMARY KEY, serial text NOT NULL);
-         CREATE FUNCTION refuse_workers() RETURNS trigger LANGUAGE plpgsql AS $$
+        "CREATE FUNCTION refuse_workers() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN
            IF (SELECT backend_type FROM pg_stat_activity WHERE pid = pg_backend_pid()) = 'pg_dscsa backfill' THEN
              RAISE EXCEPTION 'this table takes no updates from background workers';
@@ -173,12 +190,7 @@ fn a_worker_that_fails_leaves_its_blocks_to_the_session() {
          CREATE TRIGGER refuse_workers BEFORE UPDATE ON t FOR EACH ROW EXECUTE FUNCTION refuse_workers();",
     )
     .expect("trigger");
-    let (mut leader, notices) = connect_keeping_notices(&db, "postgres");
-    leader
-        .batch_execute(
-            "SET dscsa.key_name = 'k'; SET dscsa.backfill_workers = 2; SELECT dscsa.load_key('k');",
-        )
-        .expect("leader session");
+    let (mut leader, notices) = leader(&db, "postgres", "", 2);
     leader
         .batch_execute(
             "CALL dscsa.protect_column('t', 'serial', kind => 'serial', batch_size => 1000)",
@@ -194,7 +206,7 @@ fn a_worker_that_fails_leaves_its_blocks_to_the_session() {
     assert!(stopped[0].contains("2 of 2"), "{}", stopped[0]);
     assert_eq!(wrong_serials(&mut c), 0);
     assert_eq!(
-        count(&mut c, "SELECT count(*) FROM dscsa.protected_columns WHERE relid = 't'::regclass AND state = 'protected'"),
+        count(&mut c, "SELECT count(*) FROM dscsa.protected_columns WHERE relid::oid = 't'::regclass::oid AND state = 'protected'"),
         1
     );
     assert_eq!(workers_running(&mut c, &db), 0);
@@ -205,16 +217,12 @@ fn cancelling_the_session_stops_its_workers_and_a_new_call_finishes() {
     let (db, mut c) = fresh_db("bfw_cancel");
     serial_table(&mut c, 40_000);
     c.batch_execute(
-        "CREATE TABLE changed (id bigint PRIMARY KEY, serial text NOT NULL);
-         CREATE FUNCTION slow_rows() RETURNS trigger LANGUAGE plpgsql AS $$
+        "CREATE FUNCTION slow_rows() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN PERFORM pg_sleep(0.0005); RETURN NEW; END $$;
          CREATE TRIGGER slow_rows BEFORE UPDATE ON t FOR EACH ROW EXECUTE FUNCTION slow_rows();",
     )
     .expect("slow trigger");
-    let mut leader = session_with_keys(&db, "postgres", &["k"]);
-    leader
-        .batch_execute("SET dscsa.backfill_workers = 2; SET statement_timeout = '3s'")
-        .expect("leader settings");
+    let (mut leader, _) = leader(&db, "postgres", "SET statement_timeout = '3s';", 2);
     let r = leader.batch_execute(
         "CALL dscsa.protect_column('t', 'serial', kind => 'serial', batch_size => 500)",
     );
@@ -229,7 +237,7 @@ fn cancelling_the_session_stops_its_workers_and_a_new_call_finishes() {
     }
     let row = c
         .query_one(
-            "SELECT state, next_block, backfill_end_block FROM dscsa.protected_columns WHERE relid = 't'::regclass",
+            "SELECT state, next_block, backfill_end_block FROM dscsa.protected_columns WHERE relid::oid = 't'::regclass::oid",
             &[],
         )
         .expect("registry");
@@ -239,7 +247,7 @@ fn cancelling_the_session_stops_its_workers_and_a_new_call_finishes() {
     // Every row below the resume point has its twin: the point never runs ahead.
     let twin: String = c
         .query_one(
-            "SELECT twin_column FROM dscsa.protected_columns WHERE relid = 't'::regclass",
+            "SELECT twin_column FROM dscsa.protected_columns WHERE relid::oid = 't'::regclass::oid",
             &[],
         )
         .expect("twin")
@@ -247,9 +255,7 @@ fn cancelling_the_session_stops_its_workers_and_a_new_call_finishes() {
     assert_eq!(
         count(
             &mut c,
-            &format!(
-                "SELECT count(*) FROM t WHERE {twin} IS NULL AND ctid < format('(%s,0)', {next})::tid"
-            )
+            &format!("SELECT count(*) FROM t WHERE {twin} IS NULL AND ctid < '({next},0)'::tid")
         ),
         0
     );
@@ -269,14 +275,7 @@ fn cancelling_the_session_stops_its_workers_and_a_new_call_finishes() {
 fn without_workers_the_session_backfills_alone() {
     let (db, mut c) = fresh_db("bfw_none");
     serial_table(&mut c, 10_000);
-    c.batch_execute("CREATE TABLE changed (id bigint PRIMARY KEY, serial text NOT NULL)")
-        .expect("changed");
-    let (mut leader, notices) = connect_keeping_notices(&db, "postgres");
-    leader
-        .batch_execute(
-            "SET dscsa.key_name = 'k'; SET dscsa.backfill_workers = 0; SELECT dscsa.load_key('k');",
-        )
-        .expect("leader session");
+    let (mut leader, notices) = leader(&db, "postgres", "", 0);
     leader
         .batch_execute(
             "CALL dscsa.protect_column('t', 'serial', kind => 'serial', batch_size => 500)",
@@ -287,7 +286,7 @@ fn without_workers_the_session_backfills_alone() {
     assert_eq!(
         count(
             &mut c,
-            "SELECT rows_done FROM dscsa.protected_columns WHERE relid = 't'::regclass"
+            "SELECT rows_done FROM dscsa.protected_columns WHERE relid::oid = 't'::regclass::oid"
         ),
         10_000
     );
