@@ -57,6 +57,14 @@ pub extern "C-unwind" fn dscsa_backfill_worker_main(arg: pg_sys::Datum) {
                 pgrx::check_for_interrupts!();
             }
             WorkerStep::Range(range, first, end) => {
+                report_activity(
+                    pg_sys::BackendState::STATE_RUNNING,
+                    &format!(
+                        "pg_dscsa backfill: blocks {first} to {end} of column {} of table {}",
+                        params.column,
+                        params.relid.to_u32()
+                    ),
+                );
                 let args = [
                     i64::from(params.relid.to_u32()).into(),
                     params.column.as_str().into(),
@@ -78,6 +86,7 @@ pub extern "C-unwind" fn dscsa_backfill_worker_main(arg: pg_sys::Datum) {
                     Err(e) => error!("pg_dscsa backfill worker: {e}"),
                 };
                 worker_done(slot, generation, participant, range, rows);
+                report_activity(pg_sys::BackendState::STATE_IDLE, "");
             }
         }
     }
@@ -114,6 +123,14 @@ fn prepare_session(params: &WorkerParams) {
                 error!("pg_dscsa backfill worker: {e}");
             }
         }
+    }
+}
+
+/// What pg_stat_activity shows for this worker.
+fn report_activity(state: pg_sys::BackendState::Type, what: &str) {
+    if let Ok(what) = CString::new(what) {
+        // SAFETY: copies the string into this backend's status entry.
+        unsafe { pg_sys::pgstat_report_activity(state, what.as_ptr()) };
     }
 }
 

@@ -451,6 +451,11 @@ fn a_backend_killed_with_sigkill_mid_statement_leaves_an_unclosed_opened_record(
             &[&db, &pid],
         );
     }
+    // The shared memory's epoch: a new one once the postmaster has reinitialized it.
+    let epoch_before: i64 = su
+        .query_one("SELECT epoch FROM dscsa.audit_status()", &[])
+        .expect("epoch")
+        .get(0);
     drop(su);
     let status = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
@@ -458,7 +463,9 @@ fn a_backend_killed_with_sigkill_mid_statement_leaves_an_unclosed_opened_record(
         .expect("kill");
     assert!(status.success());
     assert!(running.join().expect("thread").is_err());
-    // The postmaster restarts every process (crash recovery); wait for it.
+    // The postmaster restarts every process (crash recovery); wait for it. A session
+    // that connects before the postmaster has noticed the crash is one of the processes
+    // it then kills: only one that sees the new epoch is after the restart.
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut t = loop {
         if let Ok(mut c) = postgres::Client::connect(
@@ -468,7 +475,10 @@ fn a_backend_killed_with_sigkill_mid_statement_leaves_an_unclosed_opened_record(
             ),
             postgres::NoTls,
         ) {
-            if c.simple_query("SELECT 1").is_ok() {
+            let epoch = c
+                .query_one("SELECT epoch FROM dscsa.audit_status()", &[])
+                .map(|row| row.get::<_, i64>(0));
+            if epoch.is_ok_and(|e| e != epoch_before) {
                 break c;
             }
         }

@@ -173,6 +173,44 @@ fn workers_backfill_as_the_callers_role_while_the_application_writes() {
     assert_eq!(count(&mut c, "SELECT count(*) FROM t"), 60_000);
     assert_eq!(wrong_serials(&mut c), 0);
     assert_eq!(workers_running(&mut c, &db), 0);
+    // The audit trail has every encryption of the backfill, the workers' with the
+    // session's user names under their own process ids.
+    let backfilled = count(
+        &mut c,
+        "SELECT rows_done FROM dscsa.protected_columns WHERE relid::oid = 't'::regclass::oid",
+    );
+    // (The test cluster keeps its trail in database dscsa_audit: dscsa.audit_database.)
+    let mut trail = connect("dscsa_audit", "postgres");
+    let recorded = format!(
+        "FROM dscsa.audit_log WHERE database = '{db}' AND record_type = 'access' AND operation = 'encrypt'
+            AND session_user_name = 'bfw_login' AND current_user_name = 'bfw_owner'"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count(
+        &mut trail,
+        &format!("SELECT coalesce(sum(count), 0)::int8 {recorded}"),
+    ) < backfilled
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the trail did not get every backfill encryption"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        count(
+            &mut trail,
+            &format!("SELECT coalesce(sum(count), 0)::int8 {recorded}")
+        ),
+        backfilled
+    );
+    assert!(
+        count(
+            &mut trail,
+            &format!("SELECT count(DISTINCT backend_pid) {recorded}")
+        ) >= 2,
+        "the session and at least one worker"
+    );
 }
 
 #[test]
