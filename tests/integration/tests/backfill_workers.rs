@@ -197,12 +197,17 @@ fn workers_backfill_as_the_callers_role_while_the_application_writes() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(
-        count(
-            &mut trail,
-            &format!("SELECT coalesce(sum(count), 0)::int8 {recorded}")
-        ),
-        backfilled
+    // Every encryption made is recorded, also one PostgreSQL made for a row version an
+    // application update replaced meanwhile (the backfill's UPDATE then skips the row,
+    // whose twin the sync trigger wrote): at most one per change, never fewer than the
+    // rows backfilled.
+    let recorded_count = count(
+        &mut trail,
+        &format!("SELECT coalesce(sum(count), 0)::int8 {recorded}"),
+    );
+    assert!(
+        recorded_count <= backfilled + changes,
+        "{recorded_count} encryptions recorded for {backfilled} rows backfilled and {changes} changes"
     );
     assert!(
         count(
