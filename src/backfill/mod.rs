@@ -120,27 +120,38 @@ pub unsafe fn init_shared(lock: *mut pg_sys::LWLock) {
     SHARED = s;
 }
 
-/// Runs `f` on job `slot` under the table's lock; None without shared memory.
-fn with_shared_job<T>(slot: usize, f: impl FnOnce(&mut Job) -> T) -> Option<T> {
+/// Runs `f` on the job table under its lock; None without shared memory.
+fn with_shared<T>(f: impl FnOnce(&mut Shared) -> T) -> Option<T> {
     // SAFETY: SHARED points at the initialized table for the life of the process; the
     // LWLock serializes access (released by error recovery if `f` raised, which it does
     // not: it only reads and writes plain fields).
     unsafe {
         let s = SHARED;
-        if s.is_null() || slot >= MAX_JOBS {
+        if s.is_null() {
             return None;
         }
         pg_sys::LWLockAcquire((*s).lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-        let result = f(&mut (*s).jobs[slot]);
+        let result = f(&mut *s);
         pg_sys::LWLockRelease((*s).lock);
         Some(result)
     }
 }
 
-/// This backend's job as leader: in shared memory (`slot`) or, without it, here.
+/// Runs `f` on job `slot` under the table's lock; None without shared memory.
+fn with_shared_job<T>(slot: usize, f: impl FnOnce(&mut Job) -> T) -> Option<T> {
+    with_shared(|s| s.jobs.get_mut(slot).map(f)).flatten()
+}
+
+/// Where the leader's job is: in shared memory, shared with its workers, or (no shared
+/// memory, or no worker wanted or free slot) in this backend alone.
+enum Store {
+    Shared(usize),
+    Local(Box<Job>),
+}
+
+/// This backend's job as leader.
 struct Leading {
-    slot: Option<usize>,
-    local: Box<Job>,
+    store: Store,
     generation: u64,
     /// Rows the protection had done before this call.
     rows_before: i64,
@@ -157,16 +168,13 @@ thread_local! {
 
 impl Leading {
     fn with_job<T>(&mut self, f: impl FnOnce(&mut Job) -> T) -> T {
-        let mut f = Some(f);
-        if let Some(slot) = self.slot {
-            if let Some(Some(result)) = with_shared_job(slot, |job| f.take().map(|f| f(job))) {
-                return result;
-            }
-        }
-        // Not in shared memory (or, impossibly, the table went away): the local copy.
-        match f.take() {
-            Some(f) => f(&mut self.local),
-            None => unreachable!("the job function ran but returned nothing"),
+        match &mut self.store {
+            Store::Local(job) => f(job),
+            // (A shared slot exists only where the table does.)
+            Store::Shared(slot) => match with_shared_job(*slot, f) {
+                Some(result) => result,
+                None => unreachable!("a job slot without the shared job table"),
+            },
         }
     }
 
@@ -221,7 +229,7 @@ fn cancel_leading() {
     let Some(mut leading) = LEADING.with(|l| l.borrow_mut().take()) else {
         return;
     };
-    if let Some(slot) = leading.slot {
+    if let Store::Shared(slot) = leading.store {
         let generation = leading.generation;
         with_shared_job(slot, |job| {
             if job.generation == generation {
@@ -258,22 +266,14 @@ pub fn init() {
 
 /// Takes a free job slot for `job`; None when all are in use.
 fn take_slot(job: &mut Job) -> Option<usize> {
-    // SAFETY: as with_shared_job, over the whole table.
-    unsafe {
-        let s = SHARED;
-        if s.is_null() {
-            return None;
-        }
-        pg_sys::LWLockAcquire((*s).lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-        let free = (*s).jobs.iter().position(|j| !j.active);
-        if let Some(i) = free {
-            (*s).generations += 1;
-            job.generation = (*s).generations;
-            (*s).jobs[i] = *job;
-        }
-        pg_sys::LWLockRelease((*s).lock);
-        free
-    }
+    with_shared(|s| {
+        let i = s.jobs.iter().position(|j| !j.active)?;
+        s.generations += 1;
+        job.generation = s.generations;
+        s.jobs[i] = *job;
+        Some(i)
+    })
+    .flatten()
 }
 
 /// Starts worker `participant` of the job in `slot`; its handle, or None if the
@@ -397,9 +397,11 @@ fn _backfill_start(
     let started = handles.len() as i32;
     LEADING.with(|l| {
         *l.borrow_mut() = Some(Leading {
-            slot,
+            store: match slot {
+                Some(slot) => Store::Shared(slot),
+                None => Store::Local(Box::new(job)),
+            },
             generation: job.generation,
-            local: Box::new(job),
             rows_before,
             current: None,
             handles,
