@@ -25,6 +25,21 @@ require_root() {
     [ "$(id -u)" -eq 0 ] || die "run this as root (it installs packages and the extension into PostgreSQL ${PG_MAJOR})"
 }
 
+# Fail before building when a path's filesystem has less than MIN GiB free: a full disk
+# otherwise shows up late, as an unrelated-looking test failure (ENOSPC in a temporary
+# file of some query), after most of the run.
+#   require_free_space MIN_GIB WARN_GIB PATH...
+require_free_space() {
+    local min="$1" warn="$2" path free; shift 2
+    for path in "$@"; do
+        while [ ! -e "${path}" ]; do path="$(dirname "${path}")"; done
+        free="$(df -P -BG "${path}" | awk 'NR == 2 { sub("G", "", $4); print $4 }')"
+        [ "${free}" -ge "${min}" ] || die "only ${free} GiB free on the filesystem of ${path}; this run needs about ${warn} GiB (build tree and test clusters): free some space first"
+        [ "${free}" -ge "${warn}" ] || printf '\nWARNING: only %s GiB free on the filesystem of %s; this run needs about %s GiB\n' "${free}" "${path}" "${warn}" >&2
+    done
+    return 0
+}
+
 # Run a command as the unprivileged postgres OS user (PostgreSQL refuses to run as root).
 as_postgres() { sudo -u postgres -H -- "$@"; }
 

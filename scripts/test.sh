@@ -33,6 +33,9 @@ MOTO_PORT="${DSCSA_TEST_MOTO_PORT:-55438}"
 BAO_PORT="${DSCSA_TEST_BAO_PORT:-55439}"
 VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)"
 
+# A clean run takes about 5 GiB of build tree and 5 GiB of test clusters.
+require_free_space 6 12 "${REPO_ROOT}/target" "${TEST_ROOT}"
+
 bash scripts/setup.sh --deps-only
 install_test_packages
 
