@@ -75,8 +75,7 @@ fn slot<'a>(breakers: &'a mut [Breaker], hash: u64, provider: &str) -> &'a mut B
             last_failure_class: u32::MAX,
             ..Breaker::default()
         };
-        let n = provider.len().min(63);
-        b.provider[..n].copy_from_slice(&provider.as_bytes()[..n]);
+        b.provider = crate::shmem::fixed_name(provider);
     }
     b
 }

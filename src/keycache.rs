@@ -378,9 +378,8 @@ fn store(row: &Row<'_>, raw: &[u8], now: i64) {
         e.version = row.version;
         e.check.copy_from_slice(&row.check[..16]);
         e.key.copy_from_slice(raw);
-        e.name = [0; 64];
-        let n = row.name.len().min(63);
-        e.name[..n].copy_from_slice(&row.name.as_bytes()[..n]);
+        // Key names are at most 63 ASCII characters (the keyring's CHECK): kept whole.
+        e.name = shmem::fixed_name(row.name);
         e.unwrapped_at_us = now;
         e.last_used_us = now;
         e.hits = 0;

@@ -23,6 +23,7 @@
 use std::ffi::CStr;
 
 use dscsa_core::audit::record::{Counter, OTHER_DATABASES};
+pub use dscsa_core::fixed_name::{fixed_name, fixed_name_str};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -74,12 +75,7 @@ pub struct DbCounters {
 
 impl DbCounters {
     pub fn name(&self) -> String {
-        let end = self
-            .name
-            .iter()
-            .position(|b| *b == 0)
-            .unwrap_or(self.name.len());
-        String::from_utf8_lossy(&self.name[..end]).into_owned()
+        fixed_name_str(&self.name)
     }
 }
 
@@ -205,12 +201,7 @@ impl Default for Breaker {
 
 impl Breaker {
     pub fn provider(&self) -> String {
-        let end = self
-            .provider
-            .iter()
-            .position(|b| *b == 0)
-            .unwrap_or(self.provider.len());
-        String::from_utf8_lossy(&self.provider[..end]).into_owned()
+        fixed_name_str(&self.provider)
     }
 }
 
@@ -241,12 +232,7 @@ pub struct CacheEntry {
 
 impl CacheEntry {
     pub fn name(&self) -> String {
-        let end = self
-            .name
-            .iter()
-            .position(|b| *b == 0)
-            .unwrap_or(self.name.len());
-        String::from_utf8_lossy(&self.name[..end]).into_owned()
+        fixed_name_str(&self.name)
     }
 }
 
@@ -603,9 +589,7 @@ fn add_to_counters(h: &mut Header, d: &CounterDelta<'_>) {
         } else {
             d.dboid
         };
-        let bytes = name.as_bytes();
-        let n = bytes.len().min(c.name.len() - 1);
-        c.name[..n].copy_from_slice(&bytes[..n]);
+        c.name = fixed_name(name);
     }
     c.values[d.counter.index()] += d.count;
 }

@@ -24,6 +24,7 @@ pub mod cipher;
 pub mod devkms;
 pub mod envelope;
 pub mod error;
+pub mod fixed_name;
 pub mod gs1;
 pub mod hook;
 pub mod import;

@@ -28,7 +28,7 @@ use dscsa_core::ranges::{Claim, Ranges};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use crate::guc;
+use crate::{guc, shmem};
 
 /// Background workers per job at most (participants 1..=MAX_WORKERS; 0 is the leader).
 pub const MAX_WORKERS: usize = 8;
@@ -192,19 +192,9 @@ impl Leading {
     }
 }
 
+/// A name a worker needs whole: refused (the session then goes alone) if it does not fit.
 fn name_bytes(s: &str) -> Option<[u8; NAME_LEN]> {
-    let b = s.as_bytes();
-    if b.len() >= NAME_LEN || b.contains(&0) {
-        return None;
-    }
-    let mut out = [0u8; NAME_LEN];
-    out[..b.len()].copy_from_slice(b);
-    Some(out)
-}
-
-fn name_string(b: &[u8; NAME_LEN]) -> String {
-    let end = b.iter().position(|c| *c == 0).unwrap_or(NAME_LEN);
-    String::from_utf8_lossy(&b[..end]).into_owned()
+    (s.len() < NAME_LEN && !s.contains('\0')).then(|| shmem::fixed_name(s))
 }
 
 fn now_waiting(ms: i64) {
@@ -313,7 +303,7 @@ fn start_worker(
 fn _backfill_running(tbl: pg_sys::Oid, col: &str) -> bool {
     LEADING.with(|l| {
         l.borrow_mut().as_mut().is_some_and(|leading| {
-            leading.with_job(|job| job.relid == tbl && name_string(&job.column) == col)
+            leading.with_job(|job| job.relid == tbl && shmem::fixed_name_str(&job.column) == col)
         })
     })
 }
@@ -513,9 +503,9 @@ fn worker_params(slot: usize, generation: u64) -> Option<WorkerParams> {
         current_user: job.current_user,
         sec_context: job.sec_context,
         relid: job.relid,
-        column: name_string(&job.column),
-        data_key: name_string(&job.data_key),
-        blind_index_key: name_string(&job.blind_index_key),
+        column: shmem::fixed_name_str(&job.column),
+        data_key: shmem::fixed_name_str(&job.data_key),
+        blind_index_key: shmem::fixed_name_str(&job.blind_index_key),
         gs1_validation: job.gs1_validation,
         audit: job.audit,
     })
