@@ -1,6 +1,8 @@
 -- Transparent-lookup benchmark data (issue 10): :rows units protected with a blind index
 -- and read through the generated view by the application's unchanged query, and the same
--- units in a plaintext table with a unique index on serial as the baseline.
+-- units in a plaintext table with a unique index on serial as the baseline. Serials are
+-- 18 digits (GS1 allows up to 20 characters), so that pgbench can bind one as the
+-- query's parameter, as an application does (`WHERE serial = $1`).
 \set ON_ERROR_STOP 1
 \if :{?rows} \else \set rows 1000000 \endif
 SET search_path = public;
@@ -11,7 +13,7 @@ SELECT dscsa.load_key('bench') + dscsa.load_key('lookup_bidx') AS versions_loade
 DROP VIEW IF EXISTS lookup_unit_plain;
 DROP TABLE IF EXISTS lookup_unit, lookup_plain;
 CREATE TABLE lookup_plain (id bigint PRIMARY KEY, lot_id int NOT NULL, serial text NOT NULL UNIQUE, status text NOT NULL);
-INSERT INTO lookup_plain SELECT i, 1 + i % 1000, 'SN' || lpad(i::text, 18, '0'), 'commissioned' FROM generate_series(1, :rows) i;
+INSERT INTO lookup_plain SELECT i, 1 + i % 1000, (100000000000000000 + i)::text, 'commissioned' FROM generate_series(1, :rows) i;
 CREATE TABLE lookup_unit (LIKE lookup_plain INCLUDING ALL);
 INSERT INTO lookup_unit SELECT * FROM lookup_plain;
 CALL dscsa.protect_column('lookup_unit', 'serial', kind => 'serial', mode => 'in_place', blind_index_key => 'lookup_bidx');
@@ -24,12 +26,12 @@ DECLARE
     plan text;
     found bigint;
 BEGIN
-    EXECUTE 'EXPLAIN SELECT id, lot_id, status FROM lookup_unit_plain WHERE serial = ''SN000000000000000042''' INTO plan;
+    EXECUTE 'EXPLAIN SELECT id, lot_id, status FROM lookup_unit_plain WHERE serial = ''100000000000000042''' INTO plan;
     IF plan NOT LIKE '%Index%' THEN
         RAISE EXCEPTION 'the view lookup does not use the blind index: %', plan;
     END IF;
     SELECT count(*) INTO found FROM lookup_unit_plain u JOIN lookup_plain p USING (id)
-     WHERE u.serial IN ('SN000000000000000042', 'SN000000000000000777') AND u.serial = p.serial;
+     WHERE u.serial IN ('100000000000000042', '100000000000000777') AND u.serial = p.serial;
     IF found <> 2 THEN
         RAISE EXCEPTION 'the view lookup found % of 2 units', found;
     END IF;

@@ -207,6 +207,11 @@ run_rounds "Lookup" lookup_medians.txt \
     "lk_plain|lookup_plain.pgbench|" \
     "lk_view|lookup_view.pgbench|" \
     "lk_trl_off|lookup_view.pgbench|-c dscsa.audit=off"
+# The same lookup with the compared value computed in the query (evaluated twice in the
+# encrypted plan: index key and recheck), in rounds of its own.
+run_rounds "Lookup, computed value" lookup_computed_medians.txt \
+    "lk_plain_c|lookup_plain_computed.pgbench|" \
+    "lk_view_c|lookup_view_computed.pgbench|"
 fi
 
 if ! wants vrs && ! wants audit; then exit 0; fi

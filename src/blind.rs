@@ -9,6 +9,7 @@ use pgrx::prelude::*;
 
 use crate::audit::{self, Op};
 use crate::error::{raise, OrRaise};
+use crate::fmgr::{arg_i32, arg_str, pg_v1_function, return_null, varlena_from};
 use crate::keys;
 
 /// A field kind by name, or 22023.
@@ -58,28 +59,24 @@ fn blind_index(value: &str, key_name: &str, kind_name: &str) -> Vec<u8> {
 /// The field kinds a lookup hashes with: one, or all of them for `any` (a generic column
 /// may hold envelopes of every kind, and the blind-index trigger hashes with the
 /// envelope's own kind).
-fn lookup_kinds(kind_name: &str) -> Vec<FieldKind> {
+fn lookup_kinds(kind_name: &str) -> &'static [FieldKind] {
     if kind_name == "any" {
-        FieldKind::ALL.to_vec()
-    } else {
-        vec![parse_kind(kind_name)]
+        return &FieldKind::ALL;
     }
+    let kind = parse_kind(kind_name);
+    let at = FieldKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+    &FieldKind::ALL[at..=at]
 }
 
 /// Blind indexes of every value under every loaded version of `key_name` (active
 /// first) and every kind asked for.
-fn candidates_of<'a>(
-    values: impl Iterator<Item = &'a str>,
-    key_name: &str,
-    kind_name: &str,
-) -> Vec<Vec<u8>> {
+fn candidates_of(values: &[&str], key_name: &str, kind_name: &str) -> Vec<Vec<u8>> {
     let kinds = lookup_kinds(kind_name);
-    let values: Vec<&str> = values.collect();
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(values.len() * kinds.len());
     for_each_loaded_version(key_name, |id, key| {
-        for &kind in &kinds {
+        for &kind in kinds {
             audit::note(Op::BlindIndex, id, kind, b"");
-            for value in &values {
+            for value in values {
                 out.push(key.compute(id, kind, value));
             }
         }
@@ -93,7 +90,7 @@ fn candidates_of<'a>(
 /// every field kind too (what the planner asks for a generic column, src/lookup.rs).
 #[pg_extern(sql = false)]
 fn blind_index_candidates(value: &str, key_name: &str, kind_name: &str) -> Vec<Vec<u8>> {
-    candidates_of(std::iter::once(value), key_name, kind_name)
+    candidates_of(&[value], key_name, kind_name)
 }
 
 /// As `blind_index_candidates`, for each value of an IN list (NULLs match nothing).
@@ -103,7 +100,8 @@ fn blind_index_candidates_array<'a>(
     key_name: &str,
     kind_name: &str,
 ) -> Vec<Vec<u8>> {
-    candidates_of(values.iter().flatten(), key_name, kind_name)
+    let values: Vec<&str> = values.iter().flatten().collect();
+    candidates_of(&values, key_name, kind_name)
 }
 
 /// The candidates the slots of one lookup share: computed by the first slot of a
@@ -166,7 +164,7 @@ pub(crate) fn shared_candidates(
 
 fn slot_candidates(value: &str, key_name: &str, kind_name: &str, slots: usize) -> Vec<Vec<u8>> {
     shared_candidates(key_name, &[kind_name, value], slots, || {
-        candidates_of(std::iter::once(value), key_name, kind_name)
+        candidates_of(&[value], key_name, kind_name)
     })
 }
 
@@ -207,14 +205,32 @@ pub(crate) fn lookup_slot_count(key_name: &str, kind_name: &str) -> usize {
     lookup_slots(key_name) * lookup_kinds(kind_name).len()
 }
 
-/// The `slot`-th (from 1) of `blind_index_candidates(value, key_name, kind_name)`, or NULL
-/// past the last (see `nth_slot`).
-#[pg_extern(sql = false)]
-fn blind_index_slot(value: &str, key_name: &str, kind_name: &str, slot: i32) -> Option<Vec<u8>> {
+/// `dscsa._blind_index_slot(value, key_name, kind, slot)`: the `slot`-th (from 1) of
+/// `blind_index_candidates(value, key_name, kind)`, or NULL past the last (see `nth_slot`).
+/// A transparent lookup (src/lookup) runs it at every execution, so it is a plain V1
+/// function that reads its arguments in place.
+///
+/// # Safety
+/// Called only through the V1 function below, whose SQL declaration is STRICT with
+/// arguments (text, text, text, integer).
+unsafe fn blind_index_slot(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    let value = arg_str(fcinfo, 0);
+    let key_name = arg_str(fcinfo, 1);
+    let kind_name = arg_str(fcinfo, 2);
+    let slot = arg_i32(fcinfo, 3);
     let slots = lookup_slot_count(key_name, kind_name);
     let all = slot_candidates(value, key_name, kind_name, slots);
-    nth_slot(all, slots, key_name, slot)
+    match nth_slot(all, slots, key_name, slot) {
+        Some(index) => varlena_from(&index),
+        None => return_null(fcinfo),
+    }
 }
+
+pg_v1_function!(
+    fn blind_index_slot_wrapper,
+    pg_finfo_blind_index_slot_wrapper,
+    blind_index_slot
+);
 
 /// The normalized form the blind index hashes (for tests and for comparing a request
 /// with a decrypted value the same way the index does).

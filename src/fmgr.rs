@@ -71,6 +71,27 @@ pub unsafe fn datum_bytes<'a>(datum: pg_sys::Datum) -> &'a [u8] {
     varlena_to_byte_slice(varlena)
 }
 
+/// A text argument as UTF-8, or 22023 (only a database in another encoding can pass
+/// other bytes; pg_dscsa's names and identifiers are ASCII).
+///
+/// # Safety
+/// Argument `n` must exist, be non-NULL and be text.
+pub unsafe fn arg_str<'a>(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> &'a str {
+    std::str::from_utf8(arg_bytes(fcinfo, n)).unwrap_or_else(|_| {
+        crate::error::raise(dscsa_core::Error::InvalidArgument(
+            "argument is not valid UTF-8".into(),
+        ))
+    })
+}
+
+/// A non-NULL `integer` argument.
+///
+/// # Safety
+/// Argument `n` must exist, be non-NULL and be an int4.
+pub unsafe fn arg_i32(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> i32 {
+    pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, n).value() as i32
+}
+
 /// Whether argument `n` is NULL.
 ///
 /// # Safety

@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 use crate::audit::{self, Op};
 use crate::blind::{for_each_loaded_version, parse_kind, with_active_version};
 use crate::error::OrRaise;
-use crate::fmgr::{arg_bytes, pg_v1_function, varlena_from};
+use crate::fmgr::{arg_bytes, arg_i32, arg_str, pg_v1_function, return_null, varlena_from};
 use crate::guc::{GS1_VALIDATION, IDENTIFIER_INDEX_KEY};
 
 /// The rule `bytes` breaks when none of its text is valid UTF-8 for the field.
@@ -178,15 +178,33 @@ fn identifier_index_candidates_pair_with_key(
     identifier_index_candidates(&pair(gtin, serial), key_name)
 }
 
-/// The `slot`-th (from 1) of `identifier_index_candidates(gtin, serial, key_name)`, or
-/// NULL past the last: what the planner calls in its place (src/lookup/support.rs), one
-/// call per loaded key version, all sharing one computation per statement.
-#[pg_extern(sql = false)]
-fn identifier_index_slot(gtin: &str, serial: &str, key_name: &str, slot: i32) -> Option<Vec<u8>> {
+/// `dscsa._identifier_index_slot(gtin, serial, key_name, slot)`: the `slot`-th (from 1)
+/// of `identifier_index_candidates(gtin, serial, key_name)`, or NULL past the last: what
+/// the planner calls in its place (src/lookup/support.rs), one call per loaded key
+/// version, all sharing one computation per statement. A VRS lookup runs it at every
+/// request, so it is a plain V1 function that reads its arguments in place.
+///
+/// # Safety
+/// Called only through the V1 function below, whose SQL declaration is STRICT with
+/// arguments (text, text, text, integer).
+unsafe fn identifier_index_slot(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    let gtin = arg_str(fcinfo, 0);
+    let serial = arg_str(fcinfo, 1);
+    let key_name = arg_str(fcinfo, 2);
+    let slot = arg_i32(fcinfo, 3);
     let slots = crate::blind::lookup_slots(key_name);
     let all =
         crate::blind::shared_candidates(key_name, &["identifier", gtin, serial], slots, || {
             identifier_index_candidates(&pair(gtin, serial), key_name)
         });
-    crate::blind::nth_slot(all, slots, key_name, slot)
+    match crate::blind::nth_slot(all, slots, key_name, slot) {
+        Some(index) => varlena_from(&index),
+        None => return_null(fcinfo),
+    }
 }
+
+pg_v1_function!(
+    fn identifier_index_slot_wrapper,
+    pg_finfo_identifier_index_slot_wrapper,
+    identifier_index_slot
+);

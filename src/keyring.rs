@@ -390,25 +390,16 @@ fn refresh_expired_keys() {
     }
 }
 
-/// `dscsa.load_key(key_name, scope)`: runs with the caller's rights; the key is bound to
-/// the caller (current_user) and carries the caller's per-key privileges.
-/// A text argument of a STRICT function, as UTF-8.
-///
-/// # Safety
-/// Argument `n` must exist, be non-NULL and be text.
-unsafe fn text_arg<'a>(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> &'a str {
-    std::str::from_utf8(crate::fmgr::arg_bytes(fcinfo, n))
-        .unwrap_or_else(|_| raise(Error::InvalidArgument("argument is not valid UTF-8".into())))
-}
-
-/// `dscsa.load_key(key_name, scope)` (STRICT): a V1 function of its own, so that a KMS
-/// taken to be down reaches the caller as SQLSTATE SK001 (src/error.rs).
+/// `dscsa.load_key(key_name, scope)` (STRICT): runs with the caller's rights; the key is
+/// bound to the caller (current_user) and carries the caller's per-key privileges. A V1
+/// function of its own, so that a KMS taken to be down reaches the caller as SQLSTATE
+/// SK001 (src/error.rs).
 ///
 /// # Safety
 /// Called only through the V1 wrapper below, with two non-NULL text arguments.
 unsafe fn load_key_for_caller(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-    let key_name = text_arg(fcinfo, 0);
-    let scope = Scope::parse(text_arg(fcinfo, 1)).or_raise();
+    let key_name = crate::fmgr::arg_str(fcinfo, 0);
+    let scope = Scope::parse(crate::fmgr::arg_str(fcinfo, 1)).or_raise();
     pg_sys::Datum::from(load(key_name, scope, true, owner::current_user()).or_raise())
 }
 

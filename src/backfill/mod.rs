@@ -237,7 +237,8 @@ fn cancel_leading() {
     }
 }
 
-#[pg_guard]
+/// Runs at every transaction event of every backend, so the common case (not an abort)
+/// returns before entering pgrx's guard (a `sigsetjmp` and a `catch_unwind` per call).
 unsafe extern "C-unwind" fn on_xact_event(
     event: pg_sys::XactEvent::Type,
     _arg: *mut std::ffi::c_void,
@@ -245,8 +246,13 @@ unsafe extern "C-unwind" fn on_xact_event(
     if event == pg_sys::XactEvent::XACT_EVENT_ABORT
         || event == pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT
     {
-        cancel_leading();
+        cancel_leading_guarded();
     }
+}
+
+#[pg_guard]
+extern "C-unwind" fn cancel_leading_guarded() {
+    cancel_leading();
 }
 
 pub fn init() {
