@@ -1101,9 +1101,18 @@ fn fail_closed_when_the_trail_cannot_take_records() {
     );
     // async: decryptions go on while the queue has room, then are refused.
     // (Two different statements in turn: identical consecutive ones would be merged into
-    // the same records and never fill the queue.)
+    // the same records and never fill the queue.) Each statement queues at least one
+    // record and the queue holds `dscsa.audit_queue_size` of them, so the refusal must
+    // come within that many statements; the time limit only stops a hung server (a slow
+    // CI host took 8 s for 6,000 statements).
+    let capacity: i64 = su
+        .query_one("SHOW dscsa.audit_queue_size", &[])
+        .expect("queue size")
+        .get::<_, String>(0)
+        .parse()
+        .expect("a number");
     let mut shown = 0i64;
-    let deadline = Instant::now() + Duration::from_secs(8);
+    let deadline = Instant::now() + Duration::from_secs(180);
     let state = loop {
         let sql = if shown % 2 == 0 {
             "SELECT dscsa_decrypt(v) FROM t WHERE id = 1"
@@ -1115,8 +1124,12 @@ fn fail_closed_when_the_trail_cannot_take_records() {
             Err(e) => break e.as_db_error().map(|d| d.code().code().to_string()),
         }
         assert!(
+            shown <= capacity,
+            "the queue took {shown} statements without refusing (it holds {capacity} records)"
+        );
+        assert!(
             Instant::now() < deadline,
-            "the queue did not fill in 8 s ({shown} statements)"
+            "the queue did not fill in 180 s ({shown} statements)"
         );
     };
     assert_eq!(state.as_deref(), Some("SA001"));
