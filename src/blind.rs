@@ -70,8 +70,7 @@ fn lookup_kinds(kind_name: &str) -> &'static [FieldKind] {
 
 /// Blind indexes of every value under every loaded version of `key_name` (active
 /// first) and every kind asked for.
-fn candidates_of(values: &[&str], key_name: &str, kind_name: &str) -> Vec<Vec<u8>> {
-    let kinds = lookup_kinds(kind_name);
+fn candidates_of(values: &[&str], key_name: &str, kinds: &[FieldKind]) -> Vec<Vec<u8>> {
     let mut out = Vec::with_capacity(values.len() * kinds.len());
     for_each_loaded_version(key_name, |id, key| {
         for &kind in kinds {
@@ -90,7 +89,7 @@ fn candidates_of(values: &[&str], key_name: &str, kind_name: &str) -> Vec<Vec<u8
 /// every field kind too (what the planner asks for a generic column, src/lookup.rs).
 #[pg_extern(sql = false)]
 fn blind_index_candidates(value: &str, key_name: &str, kind_name: &str) -> Vec<Vec<u8>> {
-    candidates_of(&[value], key_name, kind_name)
+    candidates_of(&[value], key_name, lookup_kinds(kind_name))
 }
 
 /// As `blind_index_candidates`, for each value of an IN list (NULLs match nothing).
@@ -101,7 +100,7 @@ fn blind_index_candidates_array<'a>(
     kind_name: &str,
 ) -> Vec<Vec<u8>> {
     let values: Vec<&str> = values.iter().flatten().collect();
-    candidates_of(&values, key_name, kind_name)
+    candidates_of(&values, key_name, lookup_kinds(kind_name))
 }
 
 /// The candidates the slots of one lookup share: computed by the first slot of a
@@ -162,12 +161,6 @@ pub(crate) fn shared_candidates(
     candidates
 }
 
-fn slot_candidates(value: &str, key_name: &str, kind_name: &str, slots: usize) -> Vec<Vec<u8>> {
-    shared_candidates(key_name, &[kind_name, value], slots, || {
-        candidates_of(&[value], key_name, kind_name)
-    })
-}
-
 /// The `slot`-th (from 1) of `all`, or NULL past the last. Refuses (22023) when the
 /// candidates do not fit in the `slots` the plan spelled, so that a lookup never silently
 /// misses rows indexed under a version it did not ask for.
@@ -202,7 +195,11 @@ pub(crate) fn lookup_slots(key_name: &str) -> usize {
 /// All the slots of a lookup: `lookup_slots` for each field kind it hashes under. The
 /// planner spells this many and the slot function checks against it: one count for both.
 pub(crate) fn lookup_slot_count(key_name: &str, kind_name: &str) -> usize {
-    lookup_slots(key_name) * lookup_kinds(kind_name).len()
+    slot_count(key_name, lookup_kinds(kind_name))
+}
+
+fn slot_count(key_name: &str, kinds: &[FieldKind]) -> usize {
+    lookup_slots(key_name) * kinds.len()
 }
 
 /// `dscsa._blind_index_slot(value, key_name, kind, slot)`: the `slot`-th (from 1) of
@@ -218,8 +215,12 @@ unsafe fn blind_index_slot(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     let key_name = arg_str(fcinfo, 1);
     let kind_name = arg_str(fcinfo, 2);
     let slot = arg_i32(fcinfo, 3);
-    let slots = lookup_slot_count(key_name, kind_name);
-    let all = slot_candidates(value, key_name, kind_name, slots);
+    // The kind name is resolved once per call, for the slot count and the candidates.
+    let kinds = lookup_kinds(kind_name);
+    let slots = slot_count(key_name, kinds);
+    let all = shared_candidates(key_name, &[kind_name, value], slots, || {
+        candidates_of(&[value], key_name, kinds)
+    });
     match nth_slot(all, slots, key_name, slot) {
         Some(index) => varlena_from(&index),
         None => return_null(fcinfo),

@@ -77,11 +77,23 @@ pub unsafe fn datum_bytes<'a>(datum: pg_sys::Datum) -> &'a [u8] {
 /// # Safety
 /// Argument `n` must exist, be non-NULL and be text.
 pub unsafe fn arg_str<'a>(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> &'a str {
-    std::str::from_utf8(arg_bytes(fcinfo, n)).unwrap_or_else(|_| {
+    arg_utf8(fcinfo, n).unwrap_or_else(|_| {
         crate::error::raise(dscsa_core::Error::InvalidArgument(
             "argument is not valid UTF-8".into(),
         ))
     })
+}
+
+/// A text argument as UTF-8, read in place; for callers whose invalid-UTF-8 case is an
+/// error of their own (a malformed envelope, an unrecognised identifier) or no match.
+///
+/// # Safety
+/// As `arg_str`.
+pub unsafe fn arg_utf8<'a>(
+    fcinfo: pg_sys::FunctionCallInfo,
+    n: usize,
+) -> Result<&'a str, std::str::Utf8Error> {
+    std::str::from_utf8(arg_bytes(fcinfo, n))
 }
 
 /// A non-NULL `integer` argument.

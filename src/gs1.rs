@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 use crate::audit::{self, Op};
 use crate::blind::{for_each_loaded_version, parse_kind, with_active_version};
 use crate::error::OrRaise;
-use crate::fmgr::{arg_bytes, arg_i32, arg_str, pg_v1_function, return_null, varlena_from};
+use crate::fmgr::{arg_i32, arg_str, arg_utf8, pg_v1_function, return_null, varlena_from};
 use crate::guc::{GS1_VALIDATION, IDENTIFIER_INDEX_KEY};
 
 /// The rule `bytes` breaks when none of its text is valid UTF-8 for the field.
@@ -71,7 +71,7 @@ fn gs1_violation(value: &str, kind_name: &str) -> Option<String> {
 /// Called only as the V1 function below, whose SQL declaration is STRICT with one text
 /// argument and four text OUT parameters.
 unsafe fn parse_identifier_impl(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-    let text = std::str::from_utf8(arg_bytes(fcinfo, 0))
+    let text = arg_utf8(fcinfo, 0)
         .map_err(|_| Error::Gs1(Gs1Error::Unrecognised))
         .or_raise();
     let pi = gs1::parse_identifier(text).map_err(Error::from).or_raise();

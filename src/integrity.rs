@@ -8,7 +8,7 @@ use pgrx::pg_sys;
 use crate::audit::{self, Op};
 use crate::crypto::{is_bad_value, is_tampering, open_transient, seal_varlena};
 use crate::error::{raise, OrRaise};
-use crate::fmgr::{arg_bytes, optional_arg_bytes, pg_v1_function};
+use crate::fmgr::{arg_bytes, arg_str, optional_arg_bytes, pg_v1_function};
 use crate::keys::OpenFor;
 use crate::{guc, keys};
 
@@ -77,9 +77,8 @@ unsafe fn dscsa_import_json_impl(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Da
     let json: pgrx::JsonB =
         pgrx::FromDatum::from_datum(pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, 0), false)
             .unwrap_or_else(|| raise(Error::InvalidArgument("value is NULL".into())));
-    let import_key = std::str::from_utf8(arg_bytes(fcinfo, 1))
-        .unwrap_or_else(|_| raise(Error::InvalidArgument("bad import key name".into())));
-    let kind = crate::blind::parse_kind(std::str::from_utf8(arg_bytes(fcinfo, 2)).unwrap_or(""));
+    let import_key = arg_str(fcinfo, 1);
+    let kind = crate::blind::parse_kind(arg_str(fcinfo, 2));
     let context = optional_arg_bytes(fcinfo, 3);
     let field = |name: &str| {
         json.0

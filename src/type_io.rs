@@ -11,7 +11,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::error::OrRaise;
-use crate::fmgr::{arg_bytes, pg_v1_function, varlena_from};
+use crate::fmgr::{arg_bytes, arg_utf8, pg_v1_function, varlena_from};
 
 // SAFETY (every function below): PostgreSQL calls type I/O functions with a valid fcinfo
 // and a non-NULL argument of the declared type (they are STRICT).
@@ -46,7 +46,7 @@ unsafe fn dscsa_armor_impl(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
 pg_v1_function!(fn dscsa_armor, pg_finfo_dscsa_armor, dscsa_armor_impl);
 
 unsafe fn dscsa_dearmor_impl(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-    let text = std::str::from_utf8(arg_bytes(fcinfo, 0))
+    let text = arg_utf8(fcinfo, 0)
         .map_err(|_| Error::MalformedEnvelope("text is not valid UTF-8"))
         .or_raise();
     varlena_from(&armor::decode(text).or_raise())

@@ -19,7 +19,7 @@ use zeroize::Zeroizing;
 use crate::audit::Op;
 use crate::crypto::{open_for_comparison, record_tampering};
 use crate::error::raise;
-use crate::fmgr::{arg_bytes, pg_v1_function, return_null, varlena_from};
+use crate::fmgr::{arg_bytes, arg_utf8, pg_v1_function, return_null, varlena_from};
 
 /// Decrypted field argument `n` of `kind` as text; a value that does not authenticate is
 /// recorded as a tamper detection and raises, as `dscsa_decrypt` does.
@@ -51,7 +51,7 @@ unsafe fn field(fcinfo: pg_sys::FunctionCallInfo, n: usize, kind: FieldKind) -> 
 /// # Safety
 /// As [`field`], for a text argument.
 unsafe fn request<'a>(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> Option<&'a str> {
-    std::str::from_utf8(arg_bytes(fcinfo, n)).ok()
+    arg_utf8(fcinfo, n).ok()
 }
 
 /// `dscsa.identifier_matches(gtin, serial, request_gtin, request_serial) -> boolean`.
