@@ -212,6 +212,11 @@ run_rounds "Lookup" lookup_medians.txt \
 run_rounds "Lookup, computed value" lookup_computed_medians.txt \
     "lk_plain_c|lookup_plain_computed.pgbench|" \
     "lk_view_c|lookup_view_computed.pgbench|"
+# The executor's share of the gap, in one backend without the protocol and the scheduler
+# (steadier than the pgbench ratios on a shared host).
+settle_server
+as_postgres psql -X -q -h /tmp -p "${BENCH_PORT}" -d postgres -v ON_ERROR_STOP=1 \
+    -v rows="${VRS_ROWS}" -f "${REPO_ROOT}/bench/lookup_loop.sql"
 fi
 
 if ! wants vrs && ! wants audit; then exit 0; fi
