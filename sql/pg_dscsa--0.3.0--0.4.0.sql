@@ -1893,6 +1893,30 @@ CREATE OR REPLACE FUNCTION dscsa._backfill_done(rows bigint) RETURNS bigint[]
 CREATE OR REPLACE FUNCTION dscsa._backfill_finish() RETURNS bigint[]
     VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '_backfill_finish_wrapper';
 
+-- The next block range of this session's backfill job (its first block), or NULL when
+-- every range is done: the job is then finished (its workers have exited), `rows_done` is
+-- its total, and workers that stopped early are reported. `what` names the caller.
+-- Shared by online protection and by dscsa.reencrypt / dscsa.reindex_blind.
+CREATE OR REPLACE FUNCTION dscsa._backfill_next(what text, tbl regclass, col text,
+                                                OUT first_block bigint, OUT rows_done bigint)
+    LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    progress bigint[];
+BEGIN
+    first_block := dscsa._backfill_claim();
+    IF first_block IS NULL THEN
+        progress := dscsa._backfill_finish();
+        IF progress[3] > 0 THEN
+            RAISE NOTICE '% %.%: % of % backfill workers stopped early (the server log says why); this session did their blocks',
+                what, tbl, col, progress[3], progress[2];
+        END IF;
+        rows_done := progress[1];
+    END IF;
+END
+$$;
+
 -- Phase 2: one backfill step of this session: the next block range it takes (the
 -- backfill workers take theirs from the same job), committed with the registry's resume
 -- point, the block below which every range is done.
@@ -1904,6 +1928,7 @@ DECLARE
     r dscsa.protected_columns := (SELECT p FROM dscsa.protected_columns p WHERE p.relid = job.tbl AND p.column_name = job.col);
     total_pages bigint := greatest(r.backfill_end_block, 1);
     workers integer;
+    next record;
     first_block bigint;
     progress bigint[];
 BEGIN
@@ -1914,15 +1939,11 @@ BEGIN
             RAISE NOTICE 'dscsa.protect_column %.%: % backfill workers help this session', job.tbl, job.col, workers;
         END IF;
     END IF;
-    first_block := dscsa._backfill_claim();
+    SELECT * INTO next FROM dscsa._backfill_next('dscsa.protect_column', job.tbl, job.col);
+    first_block := next.first_block;
     IF first_block IS NULL THEN
-        progress := dscsa._backfill_finish();
-        IF progress[3] > 0 THEN
-            RAISE NOTICE 'dscsa.protect_column %.%: % of % backfill workers stopped early (the server log says why); this session did their blocks',
-                job.tbl, job.col, progress[3], progress[2];
-        END IF;
         r.next_block := greatest(r.next_block, r.backfill_end_block);
-        r.rows_done := progress[1];
+        r.rows_done := next.rows_done;
         PERFORM dscsa._registry('save', r.relid, r.column_name, r);
         job.phase := 'check';
         RETURN job;
@@ -2362,6 +2383,40 @@ BEGIN
 END
 $$;
 
+-- One block range of a batch job's walk, in the caller's transaction: what the session
+-- and its backfill workers (src/backfill/, dscsa.backfill_workers) run. Returns the rows
+-- rewritten. Internal: called by dscsa._batch_step and by the workers.
+CREATE OR REPLACE FUNCTION dscsa._batch_range(tbl regclass, col name, job_name text, target_id integer,
+                                              context text, first_block bigint, end_block bigint)
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    job dscsa._batch_job;
+    n bigint;
+BEGIN
+    IF job_name NOT IN ('reencrypt', 'reindex_blind') THEN
+        RAISE EXCEPTION 'unknown batch job' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    job.tbl := tbl;
+    job.col := col;
+    job.job := job_name;
+    EXECUTE (dscsa._batch_statements(job)).range_stmt USING target_id, context, first_block, end_block;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+-- The walk's job, shared with the backfill workers that help this session (src/backfill/).
+CREATE OR REPLACE FUNCTION dscsa._batch_running(tbl regclass, col text, job_name text) RETURNS boolean
+    VOLATILE STRICT PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '_batch_running_wrapper';
+CREATE OR REPLACE FUNCTION dscsa._batch_start_workers(tbl regclass, col text, job_name text, target_id integer,
+                                                      context text, first_block bigint, end_block bigint,
+                                                      step bigint, rows_before bigint)
+    RETURNS integer
+    VOLATILE STRICT PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '_batch_start_workers_wrapper';
+
 CREATE OR REPLACE FUNCTION dscsa._batch_progress(job dscsa._batch_job) RETURNS void
     LANGUAGE plpgsql VOLATILE PARALLEL SAFE
     SET search_path = pg_catalog, pg_temp
@@ -2373,8 +2428,10 @@ BEGIN
 END
 $$;
 
--- One batch: the next block range while the walk lasts, then sweep batches until no row
--- is left (waiting a little for rows other transactions hold, 60 s at most).
+-- One batch: the next block range of this session while the walk lasts (up to
+-- dscsa.backfill_workers background workers take ranges of the same walk beside it),
+-- then sweep batches until no row is left (waiting a little for rows other transactions
+-- hold, 60 s at most).
 CREATE OR REPLACE FUNCTION dscsa._batch_step(job dscsa._batch_job) RETURNS dscsa._batch_job
     LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
     SET search_path = pg_catalog, pg_temp
@@ -2383,12 +2440,30 @@ DECLARE
     stmts record := dscsa._batch_statements(job);
     n bigint;
     remaining bigint;
+    workers integer;
+    next record;
+    first_block bigint;
+    progress bigint[];
 BEGIN
     IF job.next_block < job.end_block THEN
-        EXECUTE stmts.range_stmt USING job.target_id, job.context, job.next_block, job.next_block + job.step;
-        GET DIAGNOSTICS n = ROW_COUNT;
-        job.next_block := job.next_block + job.step;
-        job.done := job.done + n;
+        IF NOT dscsa._batch_running(job.tbl, job.col, job.job) THEN
+            workers := dscsa._batch_start_workers(job.tbl, job.col, job.job, job.target_id, job.context,
+                                                  job.next_block, job.end_block, job.step, job.done);
+            IF workers > 0 THEN
+                RAISE NOTICE 'dscsa.% %.%: % backfill workers help this session', job.job, job.tbl, job.col, workers;
+            END IF;
+        END IF;
+        SELECT * INTO next FROM dscsa._backfill_next('dscsa.' || job.job, job.tbl, job.col);
+        first_block := next.first_block;
+        IF first_block IS NULL THEN
+            job.done := next.rows_done;
+            job.next_block := job.end_block;
+            PERFORM dscsa._batch_progress(job);
+            RETURN job;
+        END IF;
+        progress := dscsa._backfill_done(dscsa._batch_range(job.tbl, job.col, job.job, job.target_id, job.context,
+                                                            first_block, first_block + job.step));
+        job.done := progress[2];
         PERFORM dscsa._batch_progress(job);
         RETURN job;
     END IF;
@@ -2916,6 +2991,11 @@ GRANT EXECUTE ON FUNCTION dscsa._reencrypt_start(regclass, name, text, integer),
     dscsa._batch_start(regclass, name, text, integer, text, integer),
     dscsa._batch_step(dscsa._batch_job), dscsa._batch_statements(dscsa._batch_job),
     dscsa._batch_progress(dscsa._batch_job), dscsa._kind_of_type(regtype),
+    dscsa._batch_range(regclass, name, text, integer, text, bigint, bigint),
+    dscsa._batch_running(regclass, text, text),
+    dscsa._batch_start_workers(regclass, text, text, integer, text, bigint, bigint, bigint, bigint),
+    dscsa._backfill_claim(), dscsa._backfill_done(bigint), dscsa._backfill_finish(),
+    dscsa._backfill_next(text, regclass, text),
     dscsa._encrypt_function(text)
     TO dscsa_admin, dscsa_reader, dscsa_writer;
 

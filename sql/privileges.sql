@@ -99,6 +99,11 @@ GRANT EXECUTE ON FUNCTION dscsa._reencrypt_start(regclass, name, text, integer),
     dscsa._batch_start(regclass, name, text, integer, text, integer),
     dscsa._batch_step(dscsa._batch_job), dscsa._batch_statements(dscsa._batch_job),
     dscsa._batch_progress(dscsa._batch_job), dscsa._kind_of_type(regtype),
+    dscsa._batch_range(regclass, name, text, integer, text, bigint, bigint),
+    dscsa._batch_running(regclass, text, text),
+    dscsa._batch_start_workers(regclass, text, text, integer, text, bigint, bigint, bigint, bigint),
+    dscsa._backfill_claim(), dscsa._backfill_done(bigint), dscsa._backfill_finish(),
+    dscsa._backfill_next(text, regclass, text),
     dscsa._encrypt_function(text)
     TO dscsa_admin, dscsa_reader, dscsa_writer;
 

@@ -791,6 +791,30 @@ CREATE OR REPLACE FUNCTION dscsa._backfill_done(rows bigint) RETURNS bigint[]
 CREATE OR REPLACE FUNCTION dscsa._backfill_finish() RETURNS bigint[]
     VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '_backfill_finish_wrapper';
 
+-- The next block range of this session's backfill job (its first block), or NULL when
+-- every range is done: the job is then finished (its workers have exited), `rows_done` is
+-- its total, and workers that stopped early are reported. `what` names the caller.
+-- Shared by online protection and by dscsa.reencrypt / dscsa.reindex_blind.
+CREATE OR REPLACE FUNCTION dscsa._backfill_next(what text, tbl regclass, col text,
+                                                OUT first_block bigint, OUT rows_done bigint)
+    LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    progress bigint[];
+BEGIN
+    first_block := dscsa._backfill_claim();
+    IF first_block IS NULL THEN
+        progress := dscsa._backfill_finish();
+        IF progress[3] > 0 THEN
+            RAISE NOTICE '% %.%: % of % backfill workers stopped early (the server log says why); this session did their blocks',
+                what, tbl, col, progress[3], progress[2];
+        END IF;
+        rows_done := progress[1];
+    END IF;
+END
+$$;
+
 -- Phase 2: one backfill step of this session: the next block range it takes (the
 -- backfill workers take theirs from the same job), committed with the registry's resume
 -- point, the block below which every range is done.
@@ -802,6 +826,7 @@ DECLARE
     r dscsa.protected_columns := (SELECT p FROM dscsa.protected_columns p WHERE p.relid = job.tbl AND p.column_name = job.col);
     total_pages bigint := greatest(r.backfill_end_block, 1);
     workers integer;
+    next record;
     first_block bigint;
     progress bigint[];
 BEGIN
@@ -812,15 +837,11 @@ BEGIN
             RAISE NOTICE 'dscsa.protect_column %.%: % backfill workers help this session', job.tbl, job.col, workers;
         END IF;
     END IF;
-    first_block := dscsa._backfill_claim();
+    SELECT * INTO next FROM dscsa._backfill_next('dscsa.protect_column', job.tbl, job.col);
+    first_block := next.first_block;
     IF first_block IS NULL THEN
-        progress := dscsa._backfill_finish();
-        IF progress[3] > 0 THEN
-            RAISE NOTICE 'dscsa.protect_column %.%: % of % backfill workers stopped early (the server log says why); this session did their blocks',
-                job.tbl, job.col, progress[3], progress[2];
-        END IF;
         r.next_block := greatest(r.next_block, r.backfill_end_block);
-        r.rows_done := progress[1];
+        r.rows_done := next.rows_done;
         PERFORM dscsa._registry('save', r.relid, r.column_name, r);
         job.phase := 'check';
         RETURN job;

@@ -102,6 +102,40 @@ BEGIN
 END
 $$;
 
+-- One block range of a batch job's walk, in the caller's transaction: what the session
+-- and its backfill workers (src/backfill/, dscsa.backfill_workers) run. Returns the rows
+-- rewritten. Internal: called by dscsa._batch_step and by the workers.
+CREATE OR REPLACE FUNCTION dscsa._batch_range(tbl regclass, col name, job_name text, target_id integer,
+                                              context text, first_block bigint, end_block bigint)
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    job dscsa._batch_job;
+    n bigint;
+BEGIN
+    IF job_name NOT IN ('reencrypt', 'reindex_blind') THEN
+        RAISE EXCEPTION 'unknown batch job' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    job.tbl := tbl;
+    job.col := col;
+    job.job := job_name;
+    EXECUTE (dscsa._batch_statements(job)).range_stmt USING target_id, context, first_block, end_block;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+-- The walk's job, shared with the backfill workers that help this session (src/backfill/).
+CREATE OR REPLACE FUNCTION dscsa._batch_running(tbl regclass, col text, job_name text) RETURNS boolean
+    VOLATILE STRICT PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '_batch_running_wrapper';
+CREATE OR REPLACE FUNCTION dscsa._batch_start_workers(tbl regclass, col text, job_name text, target_id integer,
+                                                      context text, first_block bigint, end_block bigint,
+                                                      step bigint, rows_before bigint)
+    RETURNS integer
+    VOLATILE STRICT PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '_batch_start_workers_wrapper';
+
 CREATE OR REPLACE FUNCTION dscsa._batch_progress(job dscsa._batch_job) RETURNS void
     LANGUAGE plpgsql VOLATILE PARALLEL SAFE
     SET search_path = pg_catalog, pg_temp
@@ -113,8 +147,10 @@ BEGIN
 END
 $$;
 
--- One batch: the next block range while the walk lasts, then sweep batches until no row
--- is left (waiting a little for rows other transactions hold, 60 s at most).
+-- One batch: the next block range of this session while the walk lasts (up to
+-- dscsa.backfill_workers background workers take ranges of the same walk beside it),
+-- then sweep batches until no row is left (waiting a little for rows other transactions
+-- hold, 60 s at most).
 CREATE OR REPLACE FUNCTION dscsa._batch_step(job dscsa._batch_job) RETURNS dscsa._batch_job
     LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
     SET search_path = pg_catalog, pg_temp
@@ -123,12 +159,30 @@ DECLARE
     stmts record := dscsa._batch_statements(job);
     n bigint;
     remaining bigint;
+    workers integer;
+    next record;
+    first_block bigint;
+    progress bigint[];
 BEGIN
     IF job.next_block < job.end_block THEN
-        EXECUTE stmts.range_stmt USING job.target_id, job.context, job.next_block, job.next_block + job.step;
-        GET DIAGNOSTICS n = ROW_COUNT;
-        job.next_block := job.next_block + job.step;
-        job.done := job.done + n;
+        IF NOT dscsa._batch_running(job.tbl, job.col, job.job) THEN
+            workers := dscsa._batch_start_workers(job.tbl, job.col, job.job, job.target_id, job.context,
+                                                  job.next_block, job.end_block, job.step, job.done);
+            IF workers > 0 THEN
+                RAISE NOTICE 'dscsa.% %.%: % backfill workers help this session', job.job, job.tbl, job.col, workers;
+            END IF;
+        END IF;
+        SELECT * INTO next FROM dscsa._backfill_next('dscsa.' || job.job, job.tbl, job.col);
+        first_block := next.first_block;
+        IF first_block IS NULL THEN
+            job.done := next.rows_done;
+            job.next_block := job.end_block;
+            PERFORM dscsa._batch_progress(job);
+            RETURN job;
+        END IF;
+        progress := dscsa._backfill_done(dscsa._batch_range(job.tbl, job.col, job.job, job.target_id, job.context,
+                                                            first_block, first_block + job.step));
+        job.done := progress[2];
         PERFORM dscsa._batch_progress(job);
         RETURN job;
     END IF;

@@ -10,7 +10,7 @@
 //! - `dscsa.blind_index_rewrite` (any user): transparent blind-index lookups
 //!   (src/lookup.rs).
 //! - `dscsa.backfill_workers` (any user): background workers that help an online
-//!   `protect_column` backfill (src/backfill.rs).
+//!   `protect_column`, a `reencrypt` or a `reindex_blind` (src/backfill/).
 //! - `dscsa.gs1_validation` (superuser only, recorded like the audit settings) and
 //!   `dscsa.identifier_index_key` (any user): docs/GS1.md.
 
@@ -356,8 +356,8 @@ pub fn init() {
     define_gs1_gucs();
     GucRegistry::define_int_guc(
         c"dscsa.backfill_workers",
-        c"Background workers that help an online dscsa.protect_column backfill.",
-        c"Each takes block ranges of the table as the calling session does, as the same user, with the same keys loaded through the KMS hook; 0 backfills in the calling session alone. Needs pg_dscsa in shared_preload_libraries and free max_worker_processes slots (docs/PROTECT.md, \"Backfill workers\").",
+        c"Background workers that help an online dscsa.protect_column, a dscsa.reencrypt or a dscsa.reindex_blind.",
+        c"Each takes block ranges of the table as the calling session does, as the same user, with the same keys loaded through the KMS hook; 0 works in the calling session alone. Needs pg_dscsa in shared_preload_libraries and free max_worker_processes slots (docs/PROTECT.md, \"Backfill workers\").",
         &BACKFILL_WORKERS,
         0,
         crate::backfill::MAX_WORKERS as i32,

@@ -450,6 +450,23 @@ pub fn loaded_names() -> Vec<String> {
     })
 }
 
+/// Names of the keys a `dscsa.load_key` call loaded (each once): what a backfill worker
+/// loads to do what its session does (keys a trigger or an import loaded implicitly are
+/// loaded the same way there, when needed).
+pub fn explicitly_loaded_names() -> Vec<String> {
+    KEYS.with(|keys| {
+        let mut names: Vec<String> = keys
+            .borrow()
+            .iter()
+            .filter(|k| k.explicit)
+            .map(|k| k.name.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    })
+}
+
 /// Drops (and so zeroizes) the keys matching `pred`; returns how many.
 pub fn remove_where(pred: impl Fn(&SessionKey) -> bool) -> usize {
     KEYS.with(|keys| {

@@ -19,6 +19,11 @@
 //! (error, cancel, termination), the job is cancelled and its workers are terminated.
 //! Without shared memory (pg_dscsa not preloaded) the leader backfills alone, through
 //! the same range table kept in its own memory.
+//!
+//! `dscsa.reencrypt` and `dscsa.reindex_blind` walk their tables in block ranges the same
+//! way (sql/rewrite.sql), and share this machinery: a job's `Task` says which range
+//! function its participants run; their workers load every key the leader has loaded
+//! with `dscsa.load_key` (the rows to rewrite may be under any of them).
 
 mod worker;
 
@@ -38,10 +43,44 @@ const MAX_JOBS: usize = 16;
 const NAME_LEN: usize = 128;
 const LEADER: u8 = 0;
 
+/// Bytes kept of the names of the keys a re-encryption's leader has loaded, one per line.
+const KEYS_LEN: usize = 2048;
+
+/// What a job's ranges do: the function each participant runs for one range.
+#[repr(u8)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Task {
+    /// `dscsa._protect_backfill_range` (online `protect_column`).
+    Protect,
+    /// `dscsa._batch_range` of a `dscsa.reencrypt`.
+    Reencrypt,
+    /// `dscsa._batch_range` of a `dscsa.reindex_blind`.
+    ReindexBlind,
+}
+
+impl Task {
+    fn of_batch(job_name: &str) -> Option<Task> {
+        match job_name {
+            "reencrypt" => Some(Task::Reencrypt),
+            "reindex_blind" => Some(Task::ReindexBlind),
+            _ => None,
+        }
+    }
+
+    fn batch_name(self) -> &'static str {
+        match self {
+            Task::Protect => "protect",
+            Task::Reencrypt => "reencrypt",
+            Task::ReindexBlind => "reindex_blind",
+        }
+    }
+}
+
 /// One backfill, as its leader and workers share it.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Job {
+    task: Task,
     /// Changes whenever the slot is taken, so that a worker of an earlier job that sees
     /// the slot reused stops.
     generation: u64,
@@ -58,6 +97,11 @@ struct Job {
     column: [u8; NAME_LEN],
     data_key: [u8; NAME_LEN],
     blind_index_key: [u8; NAME_LEN],
+    /// Re-encryption: the key version values move to, their context (AAD), and the keys
+    /// the leader has loaded.
+    target_id: i32,
+    context: [u8; NAME_LEN],
+    keys: [u8; KEYS_LEN],
     /// Superuser settings of the leader that change what an encryption accepts or
     /// records; a worker runs with the same values.
     gs1_validation: bool,
@@ -79,6 +123,7 @@ impl Job {
 
 /// What a worker needs to start, copied out of its job.
 struct WorkerParams {
+    task: Task,
     dboid: pg_sys::Oid,
     auth_user: pg_sys::Oid,
     current_user: pg_sys::Oid,
@@ -86,7 +131,11 @@ struct WorkerParams {
     relid: pg_sys::Oid,
     column: String,
     data_key: String,
-    blind_index_key: String,
+    target_id: i32,
+    context: String,
+    /// The keys to load: the data and blind-index keys of a protection, every key the
+    /// leader had loaded for a re-encryption.
+    keys: Vec<String>,
     gs1_validation: bool,
     audit: bool,
 }
@@ -193,8 +242,8 @@ impl Leading {
 }
 
 /// A name a worker needs whole: refused (the session then goes alone) if it does not fit.
-fn name_bytes(s: &str) -> Option<[u8; NAME_LEN]> {
-    (s.len() < NAME_LEN && !s.contains('\0')).then(|| shmem::fixed_name(s))
+fn name_bytes<const N: usize>(s: &str) -> Option<[u8; N]> {
+    (s.len() < N && !s.contains('\0')).then(|| shmem::fixed_name(s))
 }
 
 fn now_waiting(ms: i64) {
@@ -307,11 +356,41 @@ fn start_worker(
 /// (a job started by an earlier step of the same call).
 #[pg_extern(sql = false)]
 fn _backfill_running(tbl: pg_sys::Oid, col: &str) -> bool {
+    leading_job_of(Task::Protect, tbl, col)
+}
+
+/// `dscsa._batch_running(tbl, col, job_name)`: whether this session is walking that
+/// column for a `dscsa.reencrypt` or `dscsa.reindex_blind` (`job_name`).
+#[pg_extern(sql = false)]
+fn _batch_running(tbl: pg_sys::Oid, col: &str, job_name: &str) -> bool {
+    Task::of_batch(job_name).is_some_and(|task| leading_job_of(task, tbl, col))
+}
+
+fn leading_job_of(task: Task, tbl: pg_sys::Oid, col: &str) -> bool {
     LEADING.with(|l| {
         l.borrow_mut().as_mut().is_some_and(|leading| {
-            leading.with_job(|job| job.relid == tbl && shmem::fixed_name_str(&job.column) == col)
+            leading.with_job(|job| {
+                job.task == task && job.relid == tbl && shmem::fixed_name_str(&job.column) == col
+            })
         })
     })
+}
+
+/// What a new job is: its task, table and column, blocks, and what its workers use.
+struct JobSpec<'a> {
+    task: Task,
+    tbl: pg_sys::Oid,
+    col: &'a str,
+    first_block: i64,
+    end_block: i64,
+    step: i64,
+    data_key: &'a str,
+    blind_index_key: &'a str,
+    workers_allowed: bool,
+    target_id: i32,
+    context: &'a str,
+    keys: String,
+    rows_before: i64,
 }
 
 /// `dscsa._backfill_start(tbl, col, first_block, end_block, step, data_key,
@@ -329,10 +408,69 @@ fn _backfill_start(
     blind_index_key: Option<&str>,
     rows_before: i64,
 ) -> i32 {
+    start_job(JobSpec {
+        task: Task::Protect,
+        tbl,
+        col,
+        first_block,
+        end_block,
+        step,
+        data_key,
+        blind_index_key: blind_index_key.unwrap_or(""),
+        workers_allowed: true,
+        target_id: 0,
+        context: "",
+        keys: String::new(),
+        rows_before,
+    })
+}
+
+/// `dscsa._batch_start_workers(tbl, col, job_name, target_id, context, first_block,
+/// end_block, step, rows_before)`: as `_backfill_start`, for the block walk of a
+/// `dscsa.reencrypt` or `dscsa.reindex_blind`; the workers use this session's
+/// `dscsa.key_name` and load every key it has loaded.
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(sql = false)]
+fn _batch_start_workers(
+    tbl: pg_sys::Oid,
+    col: &str,
+    job_name: &str,
+    target_id: i32,
+    context: &str,
+    first_block: i64,
+    end_block: i64,
+    step: i64,
+    rows_before: i64,
+) -> i32 {
+    let Some(task) = Task::of_batch(job_name) else {
+        crate::error::raise(dscsa_core::Error::InvalidArgument(
+            "unknown batch job".into(),
+        ));
+    };
+    // (A key name that is not UTF-8 cannot be handed to a worker: the session goes alone.)
+    let data_key = std::str::from_utf8(guc::key_name()).ok();
+    start_job(JobSpec {
+        task,
+        tbl,
+        col,
+        first_block,
+        end_block,
+        step,
+        data_key: data_key.unwrap_or(""),
+        blind_index_key: "",
+        workers_allowed: data_key.is_some(),
+        target_id,
+        context,
+        keys: crate::keys::explicitly_loaded_names().join("\n"),
+        rows_before,
+    })
+}
+
+fn start_job(spec: JobSpec<'_>) -> i32 {
     cancel_leading();
-    let step = step.max(1) as u64;
-    let first = first_block.max(0) as u64;
-    let count = (end_block.max(0) as u64)
+    let step = spec.step.max(1) as u64;
+    let first = spec.first_block.max(0) as u64;
+    let count = (spec.end_block.max(0) as u64)
         .saturating_sub(first)
         .div_ceil(step);
     let (auth_user, current_user, sec_context) = {
@@ -345,11 +483,20 @@ fn _backfill_start(
         }
     };
     let names = (
-        name_bytes(col),
-        name_bytes(data_key),
-        name_bytes(blind_index_key.unwrap_or("")),
+        name_bytes::<NAME_LEN>(spec.col),
+        name_bytes::<NAME_LEN>(spec.data_key),
+        name_bytes::<NAME_LEN>(spec.blind_index_key),
+        name_bytes::<NAME_LEN>(spec.context),
+        name_bytes::<KEYS_LEN>(&spec.keys),
     );
+    let names_fit = spec.workers_allowed
+        && names.0.is_some()
+        && names.1.is_some()
+        && names.2.is_some()
+        && names.3.is_some()
+        && names.4.is_some();
     let mut job = Job {
+        task: spec.task,
         generation: 0,
         active: true,
         cancelled: false,
@@ -359,10 +506,13 @@ fn _backfill_start(
         auth_user,
         current_user,
         sec_context,
-        relid: tbl,
+        relid: spec.tbl,
         column: names.0.unwrap_or([0; NAME_LEN]),
         data_key: names.1.unwrap_or([0; NAME_LEN]),
         blind_index_key: names.2.unwrap_or([0; NAME_LEN]),
+        target_id: spec.target_id,
+        context: names.3.unwrap_or([0; NAME_LEN]),
+        keys: names.4.unwrap_or([0; KEYS_LEN]),
         gs1_validation: guc::GS1_VALIDATION.get(),
         audit: guc::AUDIT.get(),
         first_block: first,
@@ -374,7 +524,6 @@ fn _backfill_start(
     };
     let wanted = (guc::BACKFILL_WORKERS.get().clamp(0, MAX_WORKERS as i32) as u64)
         .min(count.saturating_sub(1)) as usize;
-    let names_fit = names.0.is_some() && names.1.is_some() && names.2.is_some();
     let slot = if wanted > 0 && names_fit {
         take_slot(&mut job)
     } else {
@@ -398,7 +547,7 @@ fn _backfill_start(
                 None => Store::Local(Box::new(job)),
             },
             generation: job.generation,
-            rows_before,
+            rows_before: spec.rows_before,
             current: None,
             handles,
         })
@@ -504,6 +653,7 @@ fn worker_job<T>(slot: usize, generation: u64, f: impl FnOnce(&mut Job) -> T) ->
 
 fn worker_params(slot: usize, generation: u64) -> Option<WorkerParams> {
     worker_job(slot, generation, |job| WorkerParams {
+        task: job.task,
         dboid: job.dboid,
         auth_user: job.auth_user,
         current_user: job.current_user,
@@ -511,7 +661,20 @@ fn worker_params(slot: usize, generation: u64) -> Option<WorkerParams> {
         relid: job.relid,
         column: shmem::fixed_name_str(&job.column),
         data_key: shmem::fixed_name_str(&job.data_key),
-        blind_index_key: shmem::fixed_name_str(&job.blind_index_key),
+        target_id: job.target_id,
+        context: shmem::fixed_name_str(&job.context),
+        keys: match job.task {
+            Task::Protect => [&job.data_key, &job.blind_index_key]
+                .into_iter()
+                .map(|k| shmem::fixed_name_str(k))
+                .filter(|k| !k.is_empty())
+                .collect(),
+            Task::Reencrypt | Task::ReindexBlind => shmem::fixed_name_str(&job.keys)
+                .lines()
+                .filter(|k| !k.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        },
         gs1_validation: job.gs1_validation,
         audit: job.audit,
     })
@@ -555,5 +718,7 @@ fn worker_finished(slot: usize, generation: u64, participant: u8) {
     });
 }
 
-/// The SQL a participant runs for one range (sql/protect.sql).
-const RANGE_SQL: &str = "SELECT dscsa._protect_backfill_range($1::pg_catalog.oid::pg_catalog.regclass, $2::pg_catalog.name, $3, $4)";
+/// The SQL a participant runs for one range of a protection (sql/protect.sql).
+const PROTECT_RANGE_SQL: &str = "SELECT dscsa._protect_backfill_range($1::pg_catalog.oid::pg_catalog.regclass, $2::pg_catalog.name, $3, $4)";
+/// ... and of a re-encryption or blind-index rewrite (sql/rewrite.sql).
+const BATCH_RANGE_SQL: &str = "SELECT dscsa._batch_range($1::pg_catalog.oid::pg_catalog.regclass, $2::pg_catalog.name, $3, $4, $5, $6, $7)";

@@ -9,7 +9,9 @@ use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use super::{worker_claim, worker_done, worker_finished, worker_params, WorkerParams, WorkerStep};
+use super::{
+    worker_claim, worker_done, worker_finished, worker_params, Task, WorkerParams, WorkerStep,
+};
 
 #[pg_guard]
 #[unsafe(no_mangle)]
@@ -60,24 +62,39 @@ pub extern "C-unwind" fn dscsa_backfill_worker_main(arg: pg_sys::Datum) {
                 report_activity(
                     pg_sys::BackendState::STATE_RUNNING,
                     &format!(
-                        "pg_dscsa backfill: blocks {first} to {end} of column {} of table {}",
+                        "pg_dscsa backfill ({}): blocks {first} to {end} of column {} of table {}",
+                        params.task.batch_name(),
                         params.column,
                         params.relid.to_u32()
                     ),
                 );
-                let args = [
-                    i64::from(params.relid.to_u32()).into(),
-                    params.column.as_str().into(),
-                    first.into(),
-                    end.into(),
-                ];
+                let relid = i64::from(params.relid.to_u32());
+                let (sql, args): (&str, Vec<pgrx::datum::DatumWithOid>) = match params.task {
+                    Task::Protect => (
+                        super::PROTECT_RANGE_SQL,
+                        vec![
+                            relid.into(),
+                            params.column.as_str().into(),
+                            first.into(),
+                            end.into(),
+                        ],
+                    ),
+                    Task::Reencrypt | Task::ReindexBlind => (
+                        super::BATCH_RANGE_SQL,
+                        vec![
+                            relid.into(),
+                            params.column.as_str().into(),
+                            params.task.batch_name().into(),
+                            params.target_id.into(),
+                            params.context.as_str().into(),
+                            first.into(),
+                            end.into(),
+                        ],
+                    ),
+                };
                 // (Read-write SPI: the range function writes the table.)
                 let rows = BackgroundWorker::transaction(|| {
-                    Spi::connect_mut(|c| {
-                        c.update(super::RANGE_SQL, Some(1), &args)?
-                            .first()
-                            .get_one::<i64>()
-                    })
+                    Spi::connect_mut(|c| c.update(sql, Some(1), &args)?.first().get_one::<i64>())
                 });
                 // An SQL error has ended the process already (ERROR is FATAL in a
                 // worker); this is the range committed.
@@ -116,12 +133,9 @@ fn prepare_session(params: &WorkerParams) {
     if !params.audit {
         set("dscsa.audit", "off", pg_sys::GucContext::PGC_SUSET);
     }
-    for key in [&params.data_key, &params.blind_index_key] {
-        if !key.is_empty() {
-            if let Err(e) = Spi::run_with_args("SELECT dscsa.load_key($1)", &[key.as_str().into()])
-            {
-                error!("pg_dscsa backfill worker: {e}");
-            }
+    for key in &params.keys {
+        if let Err(e) = Spi::run_with_args("SELECT dscsa.load_key($1)", &[key.as_str().into()]) {
+            error!("pg_dscsa backfill worker: {e}");
         }
     }
 }

@@ -94,6 +94,59 @@ pub fn connect_keeping_notices(
     (client, notices)
 }
 
+/// The notices a `connect_keeping_notices` session received that contain `text`.
+pub fn notices_with(
+    notices: &std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    text: &str,
+) -> Vec<String> {
+    notices
+        .lock()
+        .expect("notices")
+        .iter()
+        .filter(|n| n.contains(text))
+        .cloned()
+        .collect()
+}
+
+/// Waits (20 s at most) until the access records `records` of the audit trail (a `FROM
+/// dscsa.audit_log WHERE ...` clause, run in `trail`) count at least `at_least`
+/// operations; returns how many they count then. `what` names them in the failure.
+pub fn wait_for_recorded(trail: &mut Client, records: &str, at_least: i64, what: &str) -> i64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let recorded = count(
+            trail,
+            &format!("SELECT coalesce(sum(count), 0)::int8 {records}"),
+        );
+        if recorded >= at_least {
+            return recorded;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the trail has {recorded} of the at least {at_least} {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// How many process ids the access records `records` of the audit trail come from.
+pub fn recording_pids(trail: &mut Client, records: &str) -> i64 {
+    count(
+        trail,
+        &format!("SELECT count(DISTINCT backend_pid) {records}"),
+    )
+}
+
+/// pg_dscsa's backfill workers (src/backfill) running in database `db`.
+pub fn backfill_workers_running(c: &mut Client, db: &str) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_dscsa backfill' AND datname = $1",
+        &[&db],
+    )
+    .expect("workers")
+    .get(0)
+}
+
 /// `connect_standby`, returning the error (the database may not be replayed yet).
 pub fn try_connect_standby(db: &str, user: &str) -> Result<Client, postgres::Error> {
     try_connect_to(&env("DSCSA_TEST_STANDBY_PORT"), db, user)

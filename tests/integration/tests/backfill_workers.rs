@@ -47,28 +47,6 @@ fn wrong_serials(c: &mut Client) -> i64 {
     )
 }
 
-fn notices_with(
-    notices: &std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    text: &str,
-) -> Vec<String> {
-    notices
-        .lock()
-        .expect("notices")
-        .iter()
-        .filter(|n| n.contains(text))
-        .cloned()
-        .collect()
-}
-
-fn workers_running(c: &mut Client, db: &str) -> i64 {
-    c.query_one(
-        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_dscsa backfill' AND datname = $1",
-        &[&db],
-    )
-    .expect("workers")
-    .get(0)
-}
-
 #[test]
 fn workers_backfill_as_the_callers_role_while_the_application_writes() {
     let (db, mut c) = fresh_db("bfw_role");
@@ -172,7 +150,7 @@ fn workers_backfill_as_the_callers_role_while_the_application_writes() {
     );
     assert_eq!(count(&mut c, "SELECT count(*) FROM t"), 60_000);
     assert_eq!(wrong_serials(&mut c), 0);
-    assert_eq!(workers_running(&mut c, &db), 0);
+    assert_eq!(backfill_workers_running(&mut c, &db), 0);
     // The audit trail has every encryption of the backfill, the workers' with the
     // session's user names under their own process ids.
     let backfilled = count(
@@ -185,35 +163,18 @@ fn workers_backfill_as_the_callers_role_while_the_application_writes() {
         "FROM dscsa.audit_log WHERE database = '{db}' AND record_type = 'access' AND operation = 'encrypt'
             AND session_user_name = 'bfw_login' AND current_user_name = 'bfw_owner'"
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while count(
-        &mut trail,
-        &format!("SELECT coalesce(sum(count), 0)::int8 {recorded}"),
-    ) < backfilled
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the trail did not get every backfill encryption"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
     // Every encryption made is recorded, also one PostgreSQL made for a row version an
     // application update replaced meanwhile (the backfill's UPDATE then skips the row,
     // whose twin the sync trigger wrote): at most one per change, never fewer than the
     // rows backfilled.
-    let recorded_count = count(
-        &mut trail,
-        &format!("SELECT coalesce(sum(count), 0)::int8 {recorded}"),
-    );
+    let recorded_count =
+        wait_for_recorded(&mut trail, &recorded, backfilled, "backfill encryptions");
     assert!(
         recorded_count <= backfilled + changes,
         "{recorded_count} encryptions recorded for {backfilled} rows backfilled and {changes} changes"
     );
     assert!(
-        count(
-            &mut trail,
-            &format!("SELECT count(DISTINCT backend_pid) {recorded}")
-        ) >= 2,
+        recording_pids(&mut trail, &recorded) >= 2,
         "the session and at least one worker"
     );
 }
@@ -252,7 +213,7 @@ fn a_worker_that_fails_leaves_its_blocks_to_the_session() {
         count(&mut c, "SELECT count(*) FROM dscsa.protected_columns WHERE relid::oid = 't'::regclass::oid AND state = 'protected'"),
         1
     );
-    assert_eq!(workers_running(&mut c, &db), 0);
+    assert_eq!(backfill_workers_running(&mut c, &db), 0);
 }
 
 #[test]
@@ -271,7 +232,7 @@ fn cancelling_the_session_stops_its_workers_and_a_new_call_finishes() {
     );
     assert_eq!(sqlstate(r), "57014");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while workers_running(&mut c, &db) > 0 {
+    while backfill_workers_running(&mut c, &db) > 0 {
         assert!(
             Instant::now() < deadline,
             "backfill workers outlived their session"
