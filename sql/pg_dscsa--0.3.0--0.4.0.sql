@@ -1928,7 +1928,7 @@ DECLARE
     r dscsa.protected_columns := (SELECT p FROM dscsa.protected_columns p WHERE p.relid = job.tbl AND p.column_name = job.col);
     total_pages bigint := greatest(r.backfill_end_block, 1);
     workers integer;
-    next record;
+    claim record;
     first_block bigint;
     progress bigint[];
 BEGIN
@@ -1939,11 +1939,11 @@ BEGIN
             RAISE NOTICE 'dscsa.protect_column %.%: % backfill workers help this session', job.tbl, job.col, workers;
         END IF;
     END IF;
-    SELECT * INTO next FROM dscsa._backfill_next('dscsa.protect_column', job.tbl, job.col);
-    first_block := next.first_block;
+    SELECT * INTO claim FROM dscsa._backfill_next('dscsa.protect_column', job.tbl, job.col);
+    first_block := claim.first_block;
     IF first_block IS NULL THEN
         r.next_block := greatest(r.next_block, r.backfill_end_block);
-        r.rows_done := next.rows_done;
+        r.rows_done := claim.rows_done;
         PERFORM dscsa._registry('save', r.relid, r.column_name, r);
         job.phase := 'check';
         RETURN job;
@@ -2437,11 +2437,11 @@ CREATE OR REPLACE FUNCTION dscsa._batch_step(job dscsa._batch_job) RETURNS dscsa
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    stmts record := dscsa._batch_statements(job);
+    stmts record;
     n bigint;
     remaining bigint;
     workers integer;
-    next record;
+    claim record;
     first_block bigint;
     progress bigint[];
 BEGIN
@@ -2453,10 +2453,10 @@ BEGIN
                 RAISE NOTICE 'dscsa.% %.%: % backfill workers help this session', job.job, job.tbl, job.col, workers;
             END IF;
         END IF;
-        SELECT * INTO next FROM dscsa._backfill_next('dscsa.' || job.job, job.tbl, job.col);
-        first_block := next.first_block;
+        SELECT * INTO claim FROM dscsa._backfill_next('dscsa.' || job.job, job.tbl, job.col);
+        first_block := claim.first_block;
         IF first_block IS NULL THEN
-            job.done := next.rows_done;
+            job.done := claim.rows_done;
             job.next_block := job.end_block;
             PERFORM dscsa._batch_progress(job);
             RETURN job;
@@ -2467,6 +2467,9 @@ BEGIN
         PERFORM dscsa._batch_progress(job);
         RETURN job;
     END IF;
+    -- The block walk is done (by this session and its workers); what is left is the sweep
+    -- of rows it skipped, whose statements are built here only (each range builds its own).
+    stmts := dscsa._batch_statements(job);
     EXECUTE stmts.sweep_stmt USING job.target_id, job.context, job.batch_size;
     GET DIAGNOSTICS n = ROW_COUNT;
     IF n > 0 THEN

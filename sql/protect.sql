@@ -826,7 +826,7 @@ DECLARE
     r dscsa.protected_columns := (SELECT p FROM dscsa.protected_columns p WHERE p.relid = job.tbl AND p.column_name = job.col);
     total_pages bigint := greatest(r.backfill_end_block, 1);
     workers integer;
-    next record;
+    claim record;
     first_block bigint;
     progress bigint[];
 BEGIN
@@ -837,11 +837,11 @@ BEGIN
             RAISE NOTICE 'dscsa.protect_column %.%: % backfill workers help this session', job.tbl, job.col, workers;
         END IF;
     END IF;
-    SELECT * INTO next FROM dscsa._backfill_next('dscsa.protect_column', job.tbl, job.col);
-    first_block := next.first_block;
+    SELECT * INTO claim FROM dscsa._backfill_next('dscsa.protect_column', job.tbl, job.col);
+    first_block := claim.first_block;
     IF first_block IS NULL THEN
         r.next_block := greatest(r.next_block, r.backfill_end_block);
-        r.rows_done := next.rows_done;
+        r.rows_done := claim.rows_done;
         PERFORM dscsa._registry('save', r.relid, r.column_name, r);
         job.phase := 'check';
         RETURN job;

@@ -130,8 +130,7 @@ pub(crate) fn shared_candidates(
     if slots <= 1 {
         return compute();
     }
-    // SAFETY: reads backend globals.
-    let statement = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
+    let statement = crate::unguarded::statement_start();
     let versions = keys::versions_loaded(key_name);
     let hit = SLOT_CACHE.with(|c| {
         c.borrow().as_ref().and_then(|e| {

@@ -24,8 +24,9 @@
 //! - emit_log_hook: remembers the SQLSTATE of the error being reported, for the failed
 //!   statement's audit record (never the message: it can quote values).
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::ffi::c_char;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -65,9 +66,12 @@ mod raw {
     }
 }
 
+/// Nesting of executor runs and utility statements (0 = top level). A plain static: a
+/// backend is one thread, and a `thread_local!` in a shared library costs a
+/// `__tls_get_addr` call per access, four per statement here.
+static NESTING: AtomicI32 = AtomicI32::new(0);
+
 thread_local! {
-    /// Nesting of executor runs and utility statements (0 = top level).
-    static NESTING: Cell<i32> = const { Cell::new(0) };
     /// The nesting level at the start of each open subtransaction, to restore it when
     /// one aborts (an ERROR caught by a PL/pgSQL EXCEPTION block skipped our decrements).
     static SUBXACT_NESTING: RefCell<Vec<(pg_sys::SubTransactionId, i32)>> =
@@ -94,21 +98,21 @@ pub fn init() {
 }
 
 fn enter() {
-    NESTING.with(|n| n.set(n.get() + 1));
+    NESTING.store(nesting() + 1, Ordering::Relaxed);
 }
 
 fn leave() {
-    NESTING.with(|n| n.set((n.get() - 1).max(0)));
+    NESTING.store((nesting() - 1).max(0), Ordering::Relaxed);
 }
 
 /// The current nesting level (0 = between top-level statements).
 pub fn nesting() -> i32 {
-    NESTING.with(Cell::get)
+    NESTING.load(Ordering::Relaxed)
 }
 
 /// After an error aborted the transaction, nesting restarts from the top.
 pub fn reset_nesting() {
-    NESTING.with(|n| n.set(0));
+    NESTING.store(0, Ordering::Relaxed);
     SUBXACT_NESTING.with(|s| s.borrow_mut().clear());
 }
 
@@ -135,7 +139,7 @@ unsafe extern "C-unwind" fn on_subxact_event(
             });
             if event == SUBXACT_EVENT_ABORT_SUB {
                 if let Some(level) = restored {
-                    NESTING.with(|n| n.set(level));
+                    NESTING.store(level, Ordering::Relaxed);
                 }
             }
         }

@@ -619,17 +619,10 @@ pub fn init() {
     }
 }
 
-mod raw {
-    unsafe extern "C" {
-        pub fn GetCurrentStatementStartTimestamp() -> i64;
-    }
-}
-
 /// When the current statement started (PostgreSQL microseconds): key expiry is judged
 /// per statement, without a clock read per operation.
 fn statement_start_us() -> i64 {
-    // SAFETY: reads a backend global; never raises, so called without pgrx's guard.
-    unsafe { raw::GetCurrentStatementStartTimestamp() }
+    crate::unguarded::statement_start()
 }
 
 thread_local! {

@@ -33,6 +33,7 @@ mod rotation;
 mod shmem;
 mod triggers;
 mod type_io;
+mod unguarded;
 mod vrs;
 mod worker;
 mod wrapping;

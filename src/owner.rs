@@ -160,15 +160,8 @@ pub fn with_pinned_search_path<T>(f: impl FnOnce() -> T) -> T {
 /// The current user (inside SECURITY DEFINER functions: their owner), as PostgreSQL
 /// checks privileges.
 pub fn current_user() -> pg_sys::Oid {
-    // SAFETY: GetUserId reads a backend global and never raises, so it is called without
-    // pgrx's error guard (a sigsetjmp per call, on the path of every decryption).
-    unsafe { raw::GetUserId() }
-}
-
-mod raw {
-    unsafe extern "C" {
-        pub fn GetUserId() -> pgrx::pg_sys::Oid;
-    }
+    // Without pgrx's error guard: on the path of every decryption (src/unguarded.rs).
+    crate::unguarded::current_user()
 }
 
 /// Whether `role` has the privileges of `of` (is it, a superuser, or an inheriting member).

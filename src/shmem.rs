@@ -513,19 +513,19 @@ pub fn enqueue(
 /// Adds a statement's counts to the `counts.len()` events from `first_ticket` on (its
 /// backend's previous, identical statement's records) if the worker has not copied them
 /// yet, and `deltas` to the counters. Returns whether it did.
-pub fn merge_into(
+pub fn merge_into<'a>(
     first_ticket: u64,
-    counts: &[i64],
+    counts: impl ExactSizeIterator<Item = i64>,
     statement_id: i64,
     at_micros: i64,
-    deltas: &[CounterDelta<'_>],
+    deltas: impl Iterator<Item = CounterDelta<'a>>,
 ) -> bool {
     locked(true, |h| {
         let end = first_ticket + counts.len() as u64;
         if first_ticket < h.peeked_ticket || first_ticket < h.read_ticket || end > h.next_ticket {
             return false;
         }
-        for (i, n) in counts.iter().enumerate() {
+        for (i, n) in counts.enumerate() {
             let slot = slot_ptr(h, first_ticket + i as u64);
             // SAFETY: the slot holds a queued event the worker has not copied; the
             // exclusive lock keeps everyone else out.
@@ -540,7 +540,7 @@ pub fn merge_into(
             }
         }
         for d in deltas {
-            add_to_counters(h, d);
+            add_to_counters(h, &d);
         }
         true
     })
@@ -559,8 +559,7 @@ pub enum Refusal {
 /// beyond the reserve (one check under the lock; nothing is queued).
 pub fn admit() -> Result<(), Refusal> {
     locked(false, |h| {
-        // SAFETY: reads the clock only.
-        let now = unsafe { pg_sys::GetCurrentTimestamp() };
+        let now = crate::unguarded::now();
         if h.ready_heartbeat == 0 || now - h.ready_heartbeat >= WORKER_STALE_US {
             return Err(Refusal::WorkerDown);
         }

@@ -407,6 +407,10 @@ pub enum Ending {
 /// Queues the access records of the statement that just ended (top level), if any.
 /// Never raises: at this point the values are out; if the queue is full the records wait
 /// (briefly) for space, and are reported in the server log if they cannot be queued.
+///
+/// The usual ending, a statement that did what the backend's previous one did, is
+/// merged in place without allocating: this runs once per statement of a VRS responder
+/// or an ERP's lookups.
 pub fn flush(ending: Ending) {
     timer::disarm();
     let taken = STATE.with(|s| {
@@ -416,23 +420,28 @@ pub fn flush(ending: Ending) {
         s.opened_queued = false;
         s.last = 0;
         let error = s.last_error.take();
-        (id, std::mem::take(&mut s.entries), error)
+        if id.is_none() || s.entries.is_empty() {
+            s.entries.clear();
+            return None;
+        }
+        id.map(|id| (id, error))
     });
-    let (Some(statement_id), entries, error) = taken else {
+    let Some((statement_id, error)) = taken else {
         return;
     };
-    if entries.is_empty() || !shmem::available() {
+    if !shmem::available() {
+        STATE.with(|s| s.borrow_mut().entries.clear());
         return;
     }
     // Failed and interrupted statements keep records of their own, and so do statements
     // whose text is recorded.
     let mergeable = ending == Ending::Completed && !guc::AUDIT_STATEMENT_TEXT.get();
-    let signature = mergeable.then(|| signature_of(&entries));
-    if let Some(sig) = &signature {
-        if merge_into_last_group(sig, &entries, statement_id) {
-            return;
-        }
+    if mergeable && merge_into_last_group(statement_id) {
+        return;
     }
+    // The entries leave the state here only (the merge above keeps their buffer).
+    let entries = STATE.with(|s| std::mem::take(&mut s.borrow_mut().entries));
+    let signature = mergeable.then(|| signature_of(&entries));
     let detail = match (ending, &error) {
         (Ending::Completed, _) => r#"{"statement":"completed"}"#.to_string(),
         (Ending::Committed, _) => r#"{"statement":"batch committed"}"#.to_string(),
@@ -467,67 +476,84 @@ pub fn flush(ending: Ending) {
     });
 }
 
-fn signature_of(entries: &[Entry]) -> Signature {
-    // SAFETY: backend globals: the query id of the statement, the session user, the
-    // application_name GUC (a NUL-terminated string or null).
+/// Calls `f` with the application_name of the session (empty when unset).
+fn with_application<T>(f: impl FnOnce(&[u8]) -> T) -> T {
+    // SAFETY: the application_name GUC is a NUL-terminated string or null, and is not
+    // changed while `f` runs (nothing in it sets GUCs).
     unsafe {
         let application = pg_sys::application_name;
-        Signature {
-            query_id: pg_sys::pgstat_get_my_query_id() as i64,
-            session_user: pg_sys::GetSessionUserId().to_u32(),
-            application: if application.is_null() {
-                Vec::new()
-            } else {
-                std::ffi::CStr::from_ptr(application).to_bytes().to_vec()
-            },
-            entries: entries
-                .iter()
-                .map(|e| (e.op, e.key_id, e.kind, e.role, e.context.clone()))
-                .collect(),
+        if application.is_null() {
+            f(b"")
+        } else {
+            f(std::ffi::CStr::from_ptr(application).to_bytes())
         }
     }
 }
 
-/// Adds this statement's counts to the backend's last group of records if it did the
-/// same and the worker has not taken them yet. Returns whether it did.
-fn merge_into_last_group(signature: &Signature, entries: &[Entry], statement_id: i64) -> bool {
-    let Some(group) = STATE.with(|s| s.borrow_mut().last_group.take()) else {
-        return false;
-    };
-    if group.signature != *signature {
-        return false;
+fn signature_of(entries: &[Entry]) -> Signature {
+    Signature {
+        query_id: crate::unguarded::query_id(),
+        session_user: crate::unguarded::session_user().to_u32(),
+        application: with_application(<[u8]>::to_vec),
+        entries: entries
+            .iter()
+            .map(|e| (e.op, e.key_id, e.kind, e.role, e.context.clone()))
+            .collect(),
     }
-    let counts: Vec<i64> = entries.iter().map(|e| e.count).collect();
-    let merged = with_entry_deltas(entries, |deltas| {
-        shmem::merge_into(
-            group.first_ticket,
-            &counts,
-            statement_id,
-            now_micros(),
-            deltas,
-        )
-    });
-    if merged {
-        STATE.with(|s| s.borrow_mut().last_group = Some(group));
-    }
-    merged
 }
 
-/// What access entries add to this database's counters.
-fn with_entry_deltas<T>(entries: &[Entry], f: impl FnOnce(&[shmem::CounterDelta<'_>]) -> T) -> T {
-    session::with_database(|dboid, database| {
-        let deltas: Vec<shmem::CounterDelta<'_>> = entries
-            .iter()
-            .filter_map(|e| {
-                Counter::of("access", e.op.name()).map(|c| shmem::CounterDelta {
-                    dboid,
-                    database,
-                    counter: c,
-                    count: e.count,
+impl Signature {
+    /// Whether the statement that just ended, with these entries, is one the group's
+    /// records may count: compared in place, nothing allocated.
+    fn matches(&self, entries: &[Entry]) -> bool {
+        self.entries.len() == entries.len()
+            && self.query_id == crate::unguarded::query_id()
+            && self.session_user == crate::unguarded::session_user().to_u32()
+            && self
+                .entries
+                .iter()
+                .zip(entries)
+                .all(|((op, key_id, kind, role, context), e)| {
+                    e.matches(*op, *key_id, *kind, *role, context)
                 })
-            })
-            .collect();
-        f(&deltas)
+            && with_application(|a| a == self.application.as_slice())
+    }
+}
+
+/// Adds the ended statement's counts to the backend's last group of records if it did
+/// the same and the worker has not taken them yet; its entries are then cleared (their
+/// buffer kept for the next statement). Returns whether it did.
+fn merge_into_last_group(statement_id: i64) -> bool {
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        let state = &mut *s;
+        let Some(group) = &state.last_group else {
+            return false;
+        };
+        let merged = group.signature.matches(&state.entries)
+            && session::with_database(|dboid, database| {
+                let entries = &state.entries;
+                shmem::merge_into(
+                    group.first_ticket,
+                    entries.iter().map(|e| e.count),
+                    statement_id,
+                    session::now_micros(),
+                    entries.iter().filter_map(|e| {
+                        Counter::of("access", e.op.name()).map(|c| shmem::CounterDelta {
+                            dboid,
+                            database,
+                            counter: c,
+                            count: e.count,
+                        })
+                    }),
+                )
+            });
+        if merged {
+            state.entries.clear();
+        } else {
+            state.last_group = None;
+        }
+        merged
     })
 }
 

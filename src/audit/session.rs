@@ -94,14 +94,12 @@ pub fn origin() -> String {
 }
 
 pub fn now_micros() -> i64 {
-    // SAFETY: reads the clock.
-    (unsafe { pg_sys::GetCurrentTimestamp() }) + super::POSTGRES_EPOCH_UNIX_US
+    crate::unguarded::now() + super::POSTGRES_EPOCH_UNIX_US
 }
 
 /// When the current statement started (microseconds since 1970, UTC).
 pub fn statement_start_micros() -> i64 {
-    // SAFETY: reads a backend global.
-    (unsafe { pg_sys::GetCurrentStatementStartTimestamp() }) + super::POSTGRES_EPOCH_UNIX_US
+    crate::unguarded::statement_start() + super::POSTGRES_EPOCH_UNIX_US
 }
 
 /// A new event of this session, stamped now, for the current statement.

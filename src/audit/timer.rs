@@ -6,8 +6,7 @@
 //! bindings) runs the handler from SIGALRM: it only sets a flag, read by the next
 //! operation.
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use pgrx::pg_sys;
 
@@ -17,17 +16,16 @@ const USER_TIMEOUT: i32 = 12;
 mod raw {
     unsafe extern "C-unwind" {
         pub fn RegisterTimeout(id: i32, handler: Option<unsafe extern "C" fn()>) -> i32;
-        pub fn enable_timeout_after(id: i32, delay_ms: i32);
-        pub fn disable_timeout(id: i32, keep_indicator: bool);
     }
 }
 
 static FIRED: AtomicBool = AtomicBool::new(false);
 
-thread_local! {
-    static ID: Cell<Option<i32>> = const { Cell::new(None) };
-    static ARMED: Cell<bool> = const { Cell::new(false) };
-}
+/// The registered timeout's id, or -1 before the first statement registers it. Plain
+/// statics rather than `thread_local!` (a backend is one thread; a thread-local in a
+/// shared library costs a `__tls_get_addr` call per access).
+static ID: AtomicI32 = AtomicI32::new(-1);
+static ARMED: AtomicBool = AtomicBool::new(false);
 
 /// Runs in the SIGALRM handler: async-signal-safe (one atomic store).
 unsafe extern "C" fn on_timeout() {
@@ -35,9 +33,9 @@ unsafe extern "C" fn on_timeout() {
 }
 
 fn id() -> i32 {
-    ID.with(|cell| match cell.get() {
-        Some(id) => id,
-        None => {
+    match ID.load(Ordering::Relaxed) {
+        id if id >= 0 => id,
+        _ => {
             // SAFETY: registers a handler for the life of the backend (ereports FATAL if
             // the backend has no free user timeout, through the guard).
             let id = unsafe {
@@ -45,33 +43,29 @@ fn id() -> i32 {
                     raw::RegisterTimeout(USER_TIMEOUT, Some(on_timeout))
                 })
             };
-            cell.set(Some(id));
+            ID.store(id, Ordering::Relaxed);
             id
         }
-    })
+    }
 }
 
 /// Starts the timer for the current statement.
 pub fn arm(delay_ms: i32) {
     FIRED.store(false, Ordering::Relaxed);
     let id = id();
-    // SAFETY: schedules SIGALRM for a registered timeout.
-    unsafe {
-        pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
-            raw::enable_timeout_after(id, delay_ms.max(1))
-        })
-    };
-    ARMED.with(|a| a.set(true));
+    // SAFETY: schedules SIGALRM for a registered timeout. Called without pgrx's guard at
+    // every admitted statement: it can only fail with FATAL (src/unguarded.rs).
+    unsafe { crate::unguarded::enable_timeout_after(id, delay_ms.max(1)) };
+    ARMED.store(true, Ordering::Relaxed);
 }
 
 /// Stops it (at the statement's end).
 pub fn disarm() {
-    if ARMED.with(|a| a.replace(false)) {
-        if let Some(id) = ID.with(Cell::get) {
-            // SAFETY: cancels a registered timeout.
-            unsafe {
-                pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| raw::disable_timeout(id, false))
-            };
+    if ARMED.swap(false, Ordering::Relaxed) {
+        let id = ID.load(Ordering::Relaxed);
+        if id >= 0 {
+            // SAFETY: cancels a registered timeout (unguarded, as in `arm`).
+            unsafe { crate::unguarded::disable_timeout(id) };
         }
     }
     FIRED.store(false, Ordering::Relaxed);

@@ -43,7 +43,7 @@ const MAX_JOBS: usize = 16;
 const NAME_LEN: usize = 128;
 const LEADER: u8 = 0;
 
-/// Bytes kept of the names of the keys a re-encryption's leader has loaded, one per line.
+/// Bytes kept of the names of the keys a job's workers load, one per line.
 const KEYS_LEN: usize = 2048;
 
 /// What a job's ranges do: the function each participant runs for one range.
@@ -67,7 +67,8 @@ impl Task {
         }
     }
 
-    fn batch_name(self) -> &'static str {
+    /// The job's name in notices and in the workers' `pg_stat_activity` rows.
+    fn name(self) -> &'static str {
         match self {
             Task::Protect => "protect",
             Task::Reencrypt => "reencrypt",
@@ -95,12 +96,13 @@ struct Job {
     sec_context: i32,
     relid: pg_sys::Oid,
     column: [u8; NAME_LEN],
+    /// The leader's `dscsa.key_name` (what a worker encrypts under).
     data_key: [u8; NAME_LEN],
-    blind_index_key: [u8; NAME_LEN],
-    /// Re-encryption: the key version values move to, their context (AAD), and the keys
-    /// the leader has loaded.
+    /// Re-encryption: the key version values move to and their context (AAD).
     target_id: i32,
     context: [u8; NAME_LEN],
+    /// The keys a worker loads, one name per line: a protection's data and blind-index
+    /// keys, every key a re-encryption's leader has loaded.
     keys: [u8; KEYS_LEN],
     /// Superuser settings of the leader that change what an encryption accepts or
     /// records; a worker runs with the same values.
@@ -133,8 +135,7 @@ struct WorkerParams {
     data_key: String,
     target_id: i32,
     context: String,
-    /// The keys to load: the data and blind-index keys of a protection, every key the
-    /// leader had loaded for a re-encryption.
+    /// The keys to load (see `Job::keys`).
     keys: Vec<String>,
     gs1_validation: bool,
     audit: bool,
@@ -385,10 +386,10 @@ struct JobSpec<'a> {
     end_block: i64,
     step: i64,
     data_key: &'a str,
-    blind_index_key: &'a str,
     workers_allowed: bool,
     target_id: i32,
     context: &'a str,
+    /// The keys the workers load, one name per line.
     keys: String,
     rows_before: i64,
 }
@@ -416,11 +417,14 @@ fn _backfill_start(
         end_block,
         step,
         data_key,
-        blind_index_key: blind_index_key.unwrap_or(""),
         workers_allowed: true,
         target_id: 0,
         context: "",
-        keys: String::new(),
+        keys: [Some(data_key), blind_index_key]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("\n"),
         rows_before,
     })
 }
@@ -457,7 +461,6 @@ fn _batch_start_workers(
         end_block,
         step,
         data_key: data_key.unwrap_or(""),
-        blind_index_key: "",
         workers_allowed: data_key.is_some(),
         target_id,
         context,
@@ -485,7 +488,6 @@ fn start_job(spec: JobSpec<'_>) -> i32 {
     let names = (
         name_bytes::<NAME_LEN>(spec.col),
         name_bytes::<NAME_LEN>(spec.data_key),
-        name_bytes::<NAME_LEN>(spec.blind_index_key),
         name_bytes::<NAME_LEN>(spec.context),
         name_bytes::<KEYS_LEN>(&spec.keys),
     );
@@ -493,8 +495,7 @@ fn start_job(spec: JobSpec<'_>) -> i32 {
         && names.0.is_some()
         && names.1.is_some()
         && names.2.is_some()
-        && names.3.is_some()
-        && names.4.is_some();
+        && names.3.is_some();
     let mut job = Job {
         task: spec.task,
         generation: 0,
@@ -509,10 +510,9 @@ fn start_job(spec: JobSpec<'_>) -> i32 {
         relid: spec.tbl,
         column: names.0.unwrap_or([0; NAME_LEN]),
         data_key: names.1.unwrap_or([0; NAME_LEN]),
-        blind_index_key: names.2.unwrap_or([0; NAME_LEN]),
         target_id: spec.target_id,
-        context: names.3.unwrap_or([0; NAME_LEN]),
-        keys: names.4.unwrap_or([0; KEYS_LEN]),
+        context: names.2.unwrap_or([0; NAME_LEN]),
+        keys: names.3.unwrap_or([0; KEYS_LEN]),
         gs1_validation: guc::GS1_VALIDATION.get(),
         audit: guc::AUDIT.get(),
         first_block: first,
@@ -663,18 +663,11 @@ fn worker_params(slot: usize, generation: u64) -> Option<WorkerParams> {
         data_key: shmem::fixed_name_str(&job.data_key),
         target_id: job.target_id,
         context: shmem::fixed_name_str(&job.context),
-        keys: match job.task {
-            Task::Protect => [&job.data_key, &job.blind_index_key]
-                .into_iter()
-                .map(|k| shmem::fixed_name_str(k))
-                .filter(|k| !k.is_empty())
-                .collect(),
-            Task::Reencrypt | Task::ReindexBlind => shmem::fixed_name_str(&job.keys)
-                .lines()
-                .filter(|k| !k.is_empty())
-                .map(str::to_owned)
-                .collect(),
-        },
+        keys: shmem::fixed_name_str(&job.keys)
+            .lines()
+            .filter(|k| !k.is_empty())
+            .map(str::to_owned)
+            .collect(),
         gs1_validation: job.gs1_validation,
         audit: job.audit,
     })

@@ -63,7 +63,7 @@ pub extern "C-unwind" fn dscsa_backfill_worker_main(arg: pg_sys::Datum) {
                     pg_sys::BackendState::STATE_RUNNING,
                     &format!(
                         "pg_dscsa backfill ({}): blocks {first} to {end} of column {} of table {}",
-                        params.task.batch_name(),
+                        params.task.name(),
                         params.column,
                         params.relid.to_u32()
                     ),
@@ -84,7 +84,7 @@ pub extern "C-unwind" fn dscsa_backfill_worker_main(arg: pg_sys::Datum) {
                         vec![
                             relid.into(),
                             params.column.as_str().into(),
-                            params.task.batch_name().into(),
+                            params.task.name().into(),
                             params.target_id.into(),
                             params.context.as_str().into(),
                             first.into(),
