@@ -82,7 +82,11 @@ fi
 if ! wants vrs && ! wants audit && ! wants lookup; then exit 0; fi
 VRS_ROWS="${VRS_ROWS:-${ROWS}}"
 CLIENTS="${CLIENTS:-8}"
-SECONDS_PER_RUN="${SECONDS_PER_RUN:-30}"
+# Many short rounds rather than a few long ones (eleven of 8 s against three of 30 s, about
+# the same time): this host's speed drifts over minutes, and a median over many closely
+# interleaved pairs follows it better (2026-12-02: three rounds of 12 s gave the lookup
+# 0.75 where ten alternating pairs of 3 s on the same cluster gave 0.86; docs/BENCHMARKS.md).
+SECONDS_PER_RUN="${SECONDS_PER_RUN:-8}"
 
 # CPU time (clock ticks) the server has used: the postmaster's exited children (backends
 # end with their pgbench connections) plus its live ones (the audit worker, WAL writer...).
@@ -151,7 +155,7 @@ median() {
     awk -v n="$1" -v c="$2" '$1 == n {print $c}' "${BENCH_ROOT}/vrs_results.txt" | sort -n |
         awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'
 }
-VRS_ROUNDS="${VRS_ROUNDS:-3}"
+VRS_ROUNDS="${VRS_ROUNDS:-11}"
 
 # run_rounds LABEL MEDIANS_FILE "name|script|PGOPTIONS"...: every configuration once per
 # round, VRS_ROUNDS rounds. This machine's throughput drifts by 10-30% from one run to the

@@ -170,12 +170,18 @@ pub(crate) fn nth_slot(
     slot: i32,
 ) -> Option<Vec<u8>> {
     if all.len() > slots {
-        raise(Error::InvalidArgument(format!(
-            "more versions of blind-index key \"{key_name}\" are loaded than this plan was made for: run the statement again (DISCARD PLANS)"
-        )));
+        refuse_stale_plan(key_name);
     }
     let slot = usize::try_from(slot).ok()?.checked_sub(1)?;
     all.into_iter().nth(slot)
+}
+
+/// A lookup found more candidates than its plan has slots (a version loaded, or a
+/// rotation committed, after the plan was made): 22023 rather than miss a row.
+fn refuse_stale_plan(key_name: &str) -> ! {
+    raise(Error::InvalidArgument(format!(
+        "more versions of blind-index key \"{key_name}\" are loaded than this plan was made for: run the statement again (DISCARD PLANS)"
+    )))
 }
 
 /// How many candidate slots per field kind the planner spells for a lookup with blind-index
@@ -217,6 +223,27 @@ unsafe fn blind_index_slot(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     // The kind name is resolved once per call, for the slot count and the candidates.
     let kinds = lookup_kinds(kind_name);
     let slots = slot_count(key_name, kinds);
+    if slots == 1 {
+        // One key version and one kind (the usual case): the one candidate, computed
+        // directly. Slot 1 is it; a later slot is NULL, and a version loaded meanwhile
+        // is refused as in `nth_slot`.
+        let mut only = None;
+        let mut found = 0;
+        for_each_loaded_version(key_name, |id, key| {
+            found += 1;
+            audit::note(Op::BlindIndex, id, kinds[0], b"");
+            if found == 1 {
+                only = Some(key.compute(id, kinds[0], value));
+            }
+        });
+        if found > 1 {
+            refuse_stale_plan(key_name);
+        }
+        return match (slot, only) {
+            (1, Some(index)) => varlena_from(&index),
+            _ => return_null(fcinfo),
+        };
+    }
     let all = shared_candidates(key_name, &[kind_name, value], slots, || {
         candidates_of(&[value], key_name, kinds)
     });

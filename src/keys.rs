@@ -237,24 +237,29 @@ pub fn with_active_blind_key<T>(
 pub fn for_each_blind_key(name: &[u8], mut f: impl FnMut(u32, &BlindIndexKey)) -> Result<()> {
     KEYS.with(|keys| {
         let keys = keys.borrow();
-        let mut versions: Vec<&SessionKey> =
-            keys.iter().filter(|k| k.name.as_bytes() == name).collect();
-        if versions.is_empty() {
+        let mut each = |k: &SessionKey| match &k.key {
+            KeyMaterial::BlindIndex(key) => {
+                k.check(KeyPrivilege::BlindIndex)?;
+                f(k.key_id, key);
+                Ok(())
+            }
+            _ => Err(wrong_purpose(name, "blind-index")),
+        };
+        let mut matching = keys.iter().filter(|k| k.name.as_bytes() == name);
+        let Some(first) = matching.next() else {
             return Err(Error::NoActiveKeyLoaded(
                 String::from_utf8_lossy(name).into_owned(),
             ));
+        };
+        if matching.next().is_none() {
+            // One version loaded, the usual case: nothing to order (a lookup runs this at
+            // every execution).
+            return each(first);
         }
+        let mut versions: Vec<&SessionKey> =
+            keys.iter().filter(|k| k.name.as_bytes() == name).collect();
         versions.sort_by_key(|k| (!k.active, -k.version));
-        for k in versions {
-            match &k.key {
-                KeyMaterial::BlindIndex(key) => {
-                    k.check(KeyPrivilege::BlindIndex)?;
-                    f(k.key_id, key)
-                }
-                _ => return Err(wrong_purpose(name, "blind-index")),
-            }
-        }
-        Ok(())
+        versions.into_iter().try_for_each(each)
     })
 }
 
