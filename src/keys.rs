@@ -251,13 +251,13 @@ pub fn for_each_blind_key(name: &[u8], mut f: impl FnMut(u32, &BlindIndexKey)) -
                 String::from_utf8_lossy(name).into_owned(),
             ));
         };
-        if matching.next().is_none() {
+        let Some(second) = matching.next() else {
             // One version loaded, the usual case: nothing to order (a lookup runs this at
             // every execution).
             return each(first);
-        }
-        let mut versions: Vec<&SessionKey> =
-            keys.iter().filter(|k| k.name.as_bytes() == name).collect();
+        };
+        let mut versions: Vec<&SessionKey> = vec![first, second];
+        versions.extend(matching);
         versions.sort_by_key(|k| (!k.active, -k.version));
         versions.into_iter().try_for_each(each)
     })

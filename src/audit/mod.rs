@@ -119,7 +119,6 @@ struct Group {
 
 /// What identical statements share: the query, the session user, the application, and
 /// the same operations on the same keys, columns and current users, in the same order.
-#[derive(PartialEq, Eq)]
 struct Signature {
     query_id: i64,
     session_user: u32,
