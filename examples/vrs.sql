@@ -105,11 +105,11 @@ $$;
 -- day 00 for the month's last day) and returns NULL or the PI-VRS reason. The two
 -- functions do in two calls what a dozen dscsa_decrypt/normalize_identifier calls and
 -- date arithmetic did before (docs/GS1.md, "Verification"). A GTIN or serial that breaks
--- the GS1 rules identifies no unit: the CASE gives the strict candidates function a NULL,
--- and the probe finds nothing. (As a separate WHERE condition the check would not come
--- first: an index scan computes its keys before any filter above it runs.) The planner
--- spells the candidates as one slot per loaded key version (a support function,
--- src/lookup/support.rs), so the probe is one index scan, also in a generic plan.
+-- the GS1 rules identifies no unit: try_identifier_index_candidates gives no candidates
+-- for it (identifier_index_candidates would raise 22023), and the probe finds nothing.
+-- The planner spells the candidates as one slot per loaded key version (a support
+-- function, src/lookup/support.rs), so the probe is one index scan, also in a generic
+-- plan.
 --
 -- The body reads the columns as vrs.protect() leaves them (encrypted); it is checked
 -- when first used, not now, while they may still hold plaintext.
@@ -125,10 +125,7 @@ AS $$
           SELECT true AS matched,
                  dscsa.verification_failure_reason(u.lot, u.expiry, $3, $4) AS reason
             FROM vrs.product_units u
-           WHERE u.pi OPERATOR(pg_catalog.=) ANY (dscsa.identifier_index_candidates(
-                     CASE WHEN dscsa.gs1_violation($1, 'gtin') IS NULL
-                           AND dscsa.gs1_violation($2, 'serial') IS NULL THEN $1 END,
-                     $2, 'vrs_bidx'))
+           WHERE u.pi OPERATOR(pg_catalog.=) ANY (dscsa.try_identifier_index_candidates($1, $2, 'vrs_bidx'))
              AND dscsa.identifier_matches(u.gtin, u.serial, $1, $2)
            LIMIT 1) AS m ON true
 $$;

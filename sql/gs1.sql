@@ -45,6 +45,18 @@ CREATE OR REPLACE FUNCTION dscsa.identifier_index_candidates(gtin text, serial t
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c
     SUPPORT dscsa._identifier_candidates_support
     AS 'MODULE_PATHNAME', 'identifier_index_candidates_pair_with_key_wrapper';
+-- The same, without candidates (NULL, or NULL slots as the planner spells it: `pi = ANY
+-- (...)` finds nothing) when the pair breaks a GS1 rule: for a lookup whose answer to a malformed request is "no such unit" (a VRS
+-- responder, examples/vrs.sql), without validating the request twice.
+CREATE OR REPLACE FUNCTION dscsa._try_identifier_index_slot(gtin text, serial text, key_name text, slot integer)
+    RETURNS bytea
+    STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'try_identifier_index_slot_wrapper';
+CREATE OR REPLACE FUNCTION dscsa.try_identifier_index_candidates(gtin text, serial text, key_name text) RETURNS bytea[]
+    STABLE STRICT PARALLEL RESTRICTED LANGUAGE c
+    SUPPORT dscsa._identifier_candidates_support
+    AS 'MODULE_PATHNAME', 'try_identifier_index_candidates_wrapper';
+COMMENT ON FUNCTION dscsa.try_identifier_index_candidates(text, text, text) IS
+    'dscsa.identifier_index_candidates(gtin, serial, key_name), or no candidates (NULL: nothing matches) when the pair breaks a GS1 rule.';
 COMMENT ON FUNCTION dscsa.identifier_index(text, text, text) IS
     'dscsa.identifier_index(gtin, serial) under the blind-index key named, not dscsa.identifier_index_key.';
 COMMENT ON FUNCTION dscsa.identifier_index_candidates(text, text, text) IS

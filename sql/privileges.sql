@@ -175,7 +175,9 @@ GRANT EXECUTE ON FUNCTION dscsa.identifier_index(text), dscsa.identifier_index(t
     dscsa.identifier_index(text, text, text),
     dscsa.identifier_index_candidates(text), dscsa.identifier_index_candidates(text, text),
     dscsa.identifier_index_candidates(text, text, text),
-    dscsa._identifier_index_slot(text, text, text, integer)
+    dscsa._identifier_index_slot(text, text, text, integer),
+    dscsa.try_identifier_index_candidates(text, text, text),
+    dscsa._try_identifier_index_slot(text, text, text, integer)
     TO dscsa_reader, dscsa_writer;
 -- A VRS verdict decrypts (each field is checked against the key's decrypt grant too).
 GRANT EXECUTE ON FUNCTION

@@ -176,6 +176,30 @@ pub(crate) fn nth_slot(
     all.into_iter().nth(slot)
 }
 
+/// The candidate of a lookup spelled as one slot (one key version loaded when it was
+/// planned, the usual case), `compute`d directly, without the per-statement cache the
+/// slots of a several-version lookup share. A version loaded since the plan was made is
+/// refused as in `nth_slot`.
+pub(crate) fn only_candidate(
+    key_name: &str,
+    compute: impl FnOnce(u32, &BlindIndexKey) -> Vec<u8>,
+) -> Vec<u8> {
+    let mut compute = Some(compute);
+    let mut only = None;
+    let mut versions = 0;
+    for_each_loaded_version(key_name, |id, key| {
+        versions += 1;
+        if let Some(compute) = compute.take() {
+            only = Some(compute(id, key));
+        }
+    });
+    match only {
+        Some(index) if versions == 1 => index,
+        // for_each_loaded_version raises when no version is loaded.
+        _ => refuse_stale_plan(key_name),
+    }
+}
+
 /// A lookup found more candidates than its plan has slots (a version loaded, or a
 /// rotation committed, after the plan was made): 22023 rather than miss a row.
 fn refuse_stale_plan(key_name: &str) -> ! {
@@ -225,22 +249,14 @@ unsafe fn blind_index_slot(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     let slots = slot_count(key_name, kinds);
     if slots == 1 {
         // One key version and one kind (the usual case): the one candidate, computed
-        // directly. Slot 1 is it; a later slot is NULL, and a version loaded meanwhile
-        // is refused as in `nth_slot`.
-        let mut only = None;
-        let mut found = 0;
-        for_each_loaded_version(key_name, |id, key| {
-            found += 1;
-            audit::note(Op::BlindIndex, id, kinds[0], b"");
-            if found == 1 {
-                only = Some(key.compute(id, kinds[0], value));
-            }
+        // directly.
+        let kind = kinds[0];
+        let only = only_candidate(key_name, |id, key| {
+            audit::note(Op::BlindIndex, id, kind, b"");
+            key.compute(id, kind, value)
         });
-        if found > 1 {
-            refuse_stale_plan(key_name);
-        }
-        return match (slot, only) {
-            (1, Some(index)) => varlena_from(&index),
+        return match slot {
+            1 => varlena_from(&only),
             _ => return_null(fcinfo),
         };
     }

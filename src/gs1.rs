@@ -36,7 +36,17 @@ fn violation(kind: FieldKind, value: &[u8]) -> Option<Gs1Error> {
         Ok(t) => t,
         Err(_) => return Some(not_text(kind)),
     };
-    gs1::canonical_field(kind, text, gs1::current_year()).err()
+    gs1::canonical_field(kind, text, year_for(kind)).err()
+}
+
+/// The current year where the rules need it (an expiry's century), 0 otherwise: reading
+/// the clock costs about as much as checking a GTIN or serial does.
+fn year_for(kind: FieldKind) -> i32 {
+    if kind == FieldKind::Expiry {
+        gs1::current_year()
+    } else {
+        0
+    }
 }
 
 /// The plaintext to seal for a `kind` field: validated and canonical (GTIN-14) unless
@@ -49,7 +59,7 @@ pub(crate) fn checked_plaintext(
         return Ok(None);
     }
     let text = std::str::from_utf8(plaintext).map_err(|_| not_text(kind))?;
-    match gs1::canonical_field(kind, text, gs1::current_year())? {
+    match gs1::canonical_field(kind, text, year_for(kind))? {
         Cow::Borrowed(_) => Ok(None),
         Cow::Owned(canonical) => Ok(Some(Zeroizing::new(canonical.into_bytes()))),
     }
@@ -178,24 +188,79 @@ fn identifier_index_candidates_pair_with_key(
     identifier_index_candidates(&pair(gtin, serial), key_name)
 }
 
-/// `dscsa._identifier_index_slot(gtin, serial, key_name, slot)`: the `slot`-th (from 1)
-/// of `identifier_index_candidates(gtin, serial, key_name)`, or NULL past the last: what
-/// the planner calls in its place (src/lookup/support.rs), one call per loaded key
+/// `dscsa.try_identifier_index_candidates(gtin, serial, key_name)`: as
+/// `identifier_index_candidates`, but no candidates (NULL; NULL slots where the planner
+/// spells the call as slots: `= ANY` finds nothing either way) when the pair breaks a GS1
+/// rule, for a lookup whose answer to a malformed request is "no
+/// such unit" (a VRS responder: examples/vrs.sql) rather than an error.
+#[pg_extern(sql = false)]
+fn try_identifier_index_candidates(
+    gtin: &str,
+    serial: &str,
+    key_name: &str,
+) -> Option<Vec<Vec<u8>>> {
+    let pair = identifier_pair(gtin, serial).ok()?;
+    Some(identifier_index_candidates(&pair, key_name))
+}
+
+/// What a slot does with a request that breaks a GS1 rule.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OnInvalid {
+    /// 22023 naming the rule, as `identifier_index_candidates` does.
+    Raise,
+    /// No candidates, as `try_identifier_index_candidates` returns.
+    NoCandidates,
+}
+
+/// `dscsa._identifier_index_slot(gtin, serial, key_name, slot)` and
+/// `dscsa._try_identifier_index_slot(...)`: the `slot`-th (from 1) of
+/// `[try_]identifier_index_candidates(gtin, serial, key_name)`, or NULL past the last:
+/// what the planner calls in its place (src/lookup/support.rs), one call per loaded key
 /// version, all sharing one computation per statement. A VRS lookup runs it at every
 /// request, so it is a plain V1 function that reads its arguments in place.
 ///
 /// # Safety
-/// Called only through the V1 function below, whose SQL declaration is STRICT with
+/// Called only through the V1 functions below, whose SQL declarations are STRICT with
 /// arguments (text, text, text, integer).
-unsafe fn identifier_index_slot(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-    let gtin = arg_str(fcinfo, 0);
-    let serial = arg_str(fcinfo, 1);
+unsafe fn identifier_index_slot(
+    fcinfo: pg_sys::FunctionCallInfo,
+    on_invalid: OnInvalid,
+) -> pg_sys::Datum {
+    let (gtin, serial) = match on_invalid {
+        OnInvalid::Raise => (arg_str(fcinfo, 0), arg_str(fcinfo, 1)),
+        // Not UTF-8: not CSET 82 either.
+        OnInvalid::NoCandidates => match (arg_utf8(fcinfo, 0), arg_utf8(fcinfo, 1)) {
+            (Ok(gtin), Ok(serial)) => (gtin, serial),
+            _ => return return_null(fcinfo),
+        },
+    };
     let key_name = arg_str(fcinfo, 2);
     let slot = arg_i32(fcinfo, 3);
+    let valid_pair = || match identifier_pair(gtin, serial) {
+        Ok(pair) => Some(pair),
+        Err(_) if on_invalid == OnInvalid::NoCandidates => None,
+        Err(e) => crate::error::raise(Error::from(e)),
+    };
     let slots = crate::blind::lookup_slots(key_name);
+    if slots == 1 {
+        // One key version loaded (the usual case): the one candidate, computed directly.
+        let Some(pair) = valid_pair() else {
+            return return_null(fcinfo);
+        };
+        let only = crate::blind::only_candidate(key_name, |id, key| {
+            audit::note(Op::BlindIndex, id, FieldKind::Serial, b"");
+            key.compute_identifier(id, &pair)
+        });
+        return match slot {
+            1 => varlena_from(&only),
+            _ => return_null(fcinfo),
+        };
+    }
     let all =
         crate::blind::shared_candidates(key_name, &["identifier", gtin, serial], slots, || {
-            identifier_index_candidates(&pair(gtin, serial), key_name)
+            valid_pair()
+                .map(|pair| identifier_index_candidates(&pair, key_name))
+                .unwrap_or_default()
         });
     match crate::blind::nth_slot(all, slots, key_name, slot) {
         Some(index) => varlena_from(&index),
@@ -206,5 +271,10 @@ unsafe fn identifier_index_slot(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Dat
 pg_v1_function!(
     fn identifier_index_slot_wrapper,
     pg_finfo_identifier_index_slot_wrapper,
-    identifier_index_slot
+    |fcinfo| unsafe { identifier_index_slot(fcinfo, OnInvalid::Raise) }
+);
+pg_v1_function!(
+    fn try_identifier_index_slot_wrapper,
+    pg_finfo_try_identifier_index_slot_wrapper,
+    |fcinfo| unsafe { identifier_index_slot(fcinfo, OnInvalid::NoCandidates) }
 );

@@ -103,17 +103,25 @@ impl BlindIndexKey {
     /// it. Take the pair from [`identifier_pair`] or [`crate::gs1::parse_identifier`].
     /// The GTIN-14 is always 14 digits, so `gtin14 || serial` is unambiguous.
     pub fn compute_identifier(&self, key_id: u32, pair: &IdentifierPair) -> Vec<u8> {
-        let mut input = Vec::with_capacity(14 + pair.serial.len());
-        input.extend_from_slice(pair.gtin14.as_bytes());
-        input.extend_from_slice(pair.serial.as_bytes());
-        self.mac(key_id, IDENTIFIER_PAIR, &input)
+        self.mac_parts(
+            key_id,
+            IDENTIFIER_PAIR,
+            &[pair.gtin14.as_bytes(), pair.serial.as_bytes()],
+        )
     }
 
     /// `key id || HMAC(key, DOMAIN || kind byte || input)[..length]`.
     fn mac(&self, key_id: u32, kind_byte: u8, input: &[u8]) -> Vec<u8> {
+        self.mac_parts(key_id, kind_byte, &[input])
+    }
+
+    /// As `mac`, with the input given in parts (hashed as their concatenation).
+    fn mac_parts(&self, key_id: u32, kind_byte: u8, input: &[&[u8]]) -> Vec<u8> {
         let mut mac = self.keyed.0.clone();
         mac.update(&[kind_byte]);
-        mac.update(input);
+        for part in input {
+            mac.update(part);
+        }
         let tag = mac.finalize().into_bytes();
         let mut out = Vec::with_capacity(PREFIX_LEN + self.length);
         out.extend_from_slice(&key_id.to_be_bytes());

@@ -21,6 +21,9 @@ pub(super) struct Catalog {
     /// the planner support function (support.rs); InvalidOid on an older installation.
     pub(super) identifier_candidates_fn: pg_sys::Oid,
     pub(super) identifier_slot_fn: pg_sys::Oid,
+    /// `try_identifier_index_candidates(gtin, serial, key_name)` and its slot function.
+    pub(super) try_identifier_candidates_fn: pg_sys::Oid,
+    pub(super) try_identifier_slot_fn: pg_sys::Oid,
 }
 
 /// The last lookup (`None` before the first and after an invalidation; `Some(None)` when
@@ -113,6 +116,14 @@ impl Catalog {
             identifier_candidates_fn: func(c"identifier_index_candidates", &[text, text, text]),
             identifier_slot_fn: func(
                 c"_identifier_index_slot",
+                &[text, text, text, pg_sys::INT4OID],
+            ),
+            try_identifier_candidates_fn: func(
+                c"try_identifier_index_candidates",
+                &[text, text, text],
+            ),
+            try_identifier_slot_fn: func(
+                c"_try_identifier_index_slot",
                 &[text, text, text, pg_sys::INT4OID],
             ),
         };

@@ -1,4 +1,6 @@
-//! Planner support for `dscsa.identifier_index_candidates(gtin, serial, key_name)`.
+//! Planner support for `dscsa.identifier_index_candidates(gtin, serial, key_name)` and
+//! `dscsa.try_identifier_index_candidates(...)` (the same, NULL for a pair that breaks a
+//! GS1 rule; its slots are `_try_identifier_index_slot`).
 //!
 //! A VRS responder probes the product-identifier index with
 //! `pi = ANY (dscsa.identifier_index_candidates($1, $2, 'key'))`: one candidate per
@@ -51,10 +53,17 @@ unsafe fn simplified(request: *mut pg_sys::Node) -> Option<*mut pg_sys::Node> {
     }
     let call = (*request.cast::<pg_sys::SupportRequestSimplify>()).fcall;
     let catalog = Catalog::get()?;
-    if call.is_null()
-        || catalog.identifier_slot_fn == pg_sys::InvalidOid
-        || (*call).funcid != catalog.identifier_candidates_fn
-    {
+    if call.is_null() {
+        return None;
+    }
+    let slot_fn = if (*call).funcid == catalog.identifier_candidates_fn {
+        catalog.identifier_slot_fn
+    } else if (*call).funcid == catalog.try_identifier_candidates_fn {
+        catalog.try_identifier_slot_fn
+    } else {
+        return None;
+    };
+    if slot_fn == pg_sys::InvalidOid {
         return None;
     }
     let args: Vec<*mut pg_sys::Node> = cells((*call).args)
@@ -69,11 +78,7 @@ unsafe fn simplified(request: *mut pg_sys::Node) -> Option<*mut pg_sys::Node> {
         return None;
     }
     let count = crate::blind::lookup_slots(&key_name);
-    Some(array_of(slot_calls(
-        catalog.identifier_slot_fn,
-        &[gtin, serial, key],
-        count,
-    )))
+    Some(array_of(slot_calls(slot_fn, &[gtin, serial, key], count)))
 }
 
 /// The value of a non-NULL text constant.

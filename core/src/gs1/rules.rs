@@ -45,7 +45,11 @@ pub fn gtin14(gtin: &str) -> Result<String> {
     if !check_digit_ok(gtin) {
         return Err(Gs1Error::GtinCheckDigit);
     }
-    Ok(format!("{gtin:0>14}"))
+    // Zero-padded to 14 digits (a VRS request validates one per lookup: no formatter).
+    let mut gtin14 = String::with_capacity(14);
+    gtin14.extend(std::iter::repeat_n('0', 14 - gtin.len()));
+    gtin14.push_str(gtin);
+    Ok(gtin14)
 }
 
 /// GS1 AI encodable character set 82.

@@ -671,13 +671,43 @@ fn vrs_example_answers_each_gs1_reason() {
             .as_deref(),
         Some("No_match_GTIN_Serial_Lot")
     );
-    // A GTIN with a wrong check digit identifies no unit.
+    // A request that breaks a GS1 rule identifies no unit (and is not an error): a wrong
+    // check digit, a GTIN that is not digits, a serial outside CSET 82 or too long. Also
+    // from a generic plan of the prepared request, as a responder's pool runs it.
+    c.batch_execute("SET plan_cache_mode = force_generic_plan")
+        .expect("generic plans");
+    for (gtin, serial) in [
+        ("00300010123454", "SN30"),
+        ("0030001012345X", "SN30"),
+        ("00300010123455", "SN 30"),
+        ("00300010123455", "SN30SN30SN30SN30SN30S"),
+    ] {
+        assert_eq!(
+            ask(&mut c, gtin, serial, "A0", "260331"),
+            (false, Some("No_match_GTIN_Serial".to_string())),
+            "{gtin} {serial:?}"
+        );
+    }
     assert_eq!(
-        ask(&mut c, "00300010123454", "SN30", "A0", "260331")
-            .1
-            .as_deref(),
-        Some("No_match_GTIN_Serial")
+        ask(&mut c, "00300010123455", "SN30", "A0", "260331"),
+        (true, None)
     );
+    let verify_plan: Vec<String> = c
+        .query(
+            "EXPLAIN (COSTS OFF) SELECT * FROM vrs.verify('00300010123455', 'SN30', 'A0', '260331')",
+            &[],
+        )
+        .expect("plan")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        verify_plan
+            .iter()
+            .any(|l| l.contains("Index Cond") && l.contains("_try_identifier_index_slot(")),
+        "one probe of the identifier index: {verify_plan:?}"
+    );
+    c.batch_execute("RESET plan_cache_mode").expect("reset");
     // Commissioning from a scan, then verifying it; the same unit again is refused.
     c.query_one(
         "SELECT vrs.commission('(01)09520123456788(17)280200(10)L9(21)NEW/1')",

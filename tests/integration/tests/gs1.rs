@@ -610,3 +610,141 @@ fn identifier_candidates_are_planned_as_one_probe_per_key_version() {
         "42501"
     );
 }
+
+#[test]
+fn try_identifier_candidates_find_nothing_for_a_malformed_request() {
+    let (db, mut c) = fresh_db("pi_try");
+    c.batch_execute(
+        "SELECT dscsa.create_blind_index_key('pk');
+         SELECT dscsa.grant_key('pk', 'dscsa_reader', 'blind_index');
+         SELECT dscsa.load_key('pk');
+         CREATE TABLE unit (id bigint PRIMARY KEY, pi bytea NOT NULL UNIQUE);
+         INSERT INTO unit SELECT i, dscsa.identifier_index('00300010123455', 'SN' || i, 'pk')
+           FROM generate_series(1, 2000) i;
+         ANALYZE unit;",
+    )
+    .expect("units");
+    // Each breaks one GS1 rule: no candidates, no error (identifier_index_candidates
+    // raises 22023 for each).
+    let malformed = [
+        ("00300010123454", "SN7"),                   // check digit
+        ("0030001012345", "SN7"),                    // GTIN-13 whose check digit is wrong
+        ("003000101234X5", "SN7"),                   // not digits
+        ("00300010123455", "SN 7"),                  // space: outside CSET 82
+        ("00300010123455", "SN7SN7SN7SN7SN7SN7SN7"), // 21 characters
+        ("00300010123455", ""),                      // empty serial
+    ];
+    let valid = [
+        ("00300010123455", "SN7"),
+        ("300010123455", "SN1999"),   // GTIN-12 spelling
+        ("00300010123455", "SN2001"), // valid, no such unit
+    ];
+    let sql = "SELECT id FROM unit WHERE pi = ANY (dscsa.try_identifier_index_candidates($1, $2, 'pk')) ORDER BY id";
+    let ids = |c: &mut Client, requests: &[(&str, &str)]| -> Vec<Vec<i64>> {
+        c.batch_execute("SET plan_cache_mode = force_generic_plan")
+            .expect("generic");
+        let statement = c.prepare(sql).expect("prepare");
+        let rows = requests
+            .iter()
+            .map(|(g, s)| {
+                c.query(&statement, &[g, s])
+                    .unwrap_or_else(|e| panic!("{g} {s}: {e}"))
+                    .iter()
+                    .map(|r| r.get::<_, i64>(0))
+                    .collect()
+            })
+            .collect();
+        c.batch_execute("RESET plan_cache_mode").expect("reset");
+        rows
+    };
+    let plan_slots = |c: &mut Client| -> usize {
+        let plan = explain(
+            c,
+            "COSTS OFF",
+            "SELECT id FROM unit WHERE pi = ANY (dscsa.try_identifier_index_candidates('00300010123455', 'SN7', 'pk'))",
+        );
+        assert!(!plan.contains("try_identifier_index_candidates"), "{plan}");
+        plan.lines()
+            .find(|l| l.trim_start().starts_with("Index Cond:"))
+            .map_or(0, |l| l.matches("_try_identifier_index_slot(").count())
+    };
+
+    for (versions, expected_slots) in [(1, 1), (2, 2)] {
+        if versions == 2 {
+            // A rotation not yet re-indexed: two slots, both versions' rows found.
+            c.batch_execute(
+                "SELECT dscsa.rotate_key('pk'); SELECT dscsa.load_key('pk');
+                 UPDATE unit SET pi = dscsa.identifier_index('00300010123455', 'SN7', 'pk') WHERE id = 7;",
+            )
+            .expect("rotate");
+        }
+        assert_eq!(plan_slots(&mut c), expected_slots, "{versions} version(s)");
+        assert_eq!(
+            ids(&mut c, &malformed),
+            vec![Vec::<i64>::new(); malformed.len()],
+            "{versions} version(s)"
+        );
+        assert_eq!(
+            ids(&mut c, &valid),
+            vec![vec![7], vec![1999], vec![]],
+            "{versions} version(s)"
+        );
+        // The same rows with the call as written, and the same as the raising function's
+        // for valid requests.
+        c.batch_execute("SET dscsa.blind_index_rewrite = off")
+            .expect("off");
+        assert_eq!(ids(&mut c, &malformed), vec![Vec::<i64>::new(); 6]);
+        assert_eq!(ids(&mut c, &valid), vec![vec![7], vec![1999], vec![]]);
+        c.batch_execute("RESET dscsa.blind_index_rewrite")
+            .expect("on");
+        for (g, s) in valid {
+            let same: bool = c
+                .query_one(
+                    "SELECT dscsa.try_identifier_index_candidates($1, $2, 'pk') = dscsa.identifier_index_candidates($1, $2, 'pk')",
+                    &[&g, &s],
+                )
+                .expect("compare")
+                .get(0);
+            assert!(same, "{g} {s}");
+        }
+        for (g, s) in malformed {
+            // No candidate: NULL as written, NULL slots where the planner spells it.
+            let none: bool = c
+                .query_one(
+                    "SELECT coalesce(bool_and(v IS NULL), true)
+                       FROM unnest(dscsa.try_identifier_index_candidates($1, $2, 'pk')) v",
+                    &[&g, &s],
+                )
+                .expect("direct call")
+                .get(0);
+            assert!(none, "{g} {s}");
+            assert_eq!(
+                sqlstate(c.query(
+                    "SELECT dscsa.identifier_index_candidates($1, $2, 'pk')",
+                    &[&g, &s]
+                )),
+                "22023",
+                "{g} {s}"
+            );
+        }
+    }
+
+    // Only what breaks a rule is forgiven: a key that is not loaded still raises, and a
+    // role that may not run the function is refused it.
+    let mut reader = connect(&db, READER);
+    assert_eq!(
+        sqlstate(reader.query(
+            "SELECT dscsa.try_identifier_index_candidates('00300010123455', 'SN7', 'pk')",
+            &[]
+        )),
+        "55000"
+    );
+    let mut nobody = connect(&db, NOBODY);
+    assert_eq!(
+        sqlstate(nobody.query(
+            "SELECT dscsa.try_identifier_index_candidates('00300010123455', 'SN7', 'pk')",
+            &[]
+        )),
+        "42501"
+    );
+}
