@@ -24,9 +24,10 @@ COMMENT ON FUNCTION dscsa.blind_index_candidates(text[], text, text) IS
     'Blind indexes of each element (NULLs skipped) under every loaded version of a blind-index key.';
 
 -- One candidate by position (NULL past the last): the planner spells the candidates as
--- separate slots for a table partitioned by the blind-index column, so that partition
--- pruning can evaluate each (src/lookup.rs). Raises rather than miss a version.
-CREATE OR REPLACE FUNCTION dscsa._blind_index_slot(value text, key_name text, kind text, slot integer)
+-- separate slots, `slots` of them (one per key version loaded when it planned, times the
+-- kinds), so that partition pruning and the index scan can use each (src/lookup). Raises
+-- (22023) when more versions are loaded than its plan has slots, rather than miss rows.
+CREATE OR REPLACE FUNCTION dscsa._blind_index_slot(value text, key_name text, kind text, slot integer, slots integer)
     RETURNS bytea
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'blind_index_slot_wrapper';
 

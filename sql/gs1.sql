@@ -38,7 +38,7 @@ CREATE OR REPLACE FUNCTION dscsa.identifier_index(gtin text, serial text, key_na
 -- index scan with a known number of probes (src/lookup/support.rs).
 CREATE OR REPLACE FUNCTION dscsa._identifier_candidates_support(internal) RETURNS internal
     STABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'identifier_candidates_support';
-CREATE OR REPLACE FUNCTION dscsa._identifier_index_slot(gtin text, serial text, key_name text, slot integer)
+CREATE OR REPLACE FUNCTION dscsa._identifier_index_slot(gtin text, serial text, key_name text, slot integer, slots integer)
     RETURNS bytea
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'identifier_index_slot_wrapper';
 CREATE OR REPLACE FUNCTION dscsa.identifier_index_candidates(gtin text, serial text, key_name text) RETURNS bytea[]
@@ -46,9 +46,10 @@ CREATE OR REPLACE FUNCTION dscsa.identifier_index_candidates(gtin text, serial t
     SUPPORT dscsa._identifier_candidates_support
     AS 'MODULE_PATHNAME', 'identifier_index_candidates_pair_with_key_wrapper';
 -- The same, without candidates (NULL, or NULL slots as the planner spells it: `pi = ANY
--- (...)` finds nothing) when the pair breaks a GS1 rule: for a lookup whose answer to a malformed request is "no such unit" (a VRS
--- responder, examples/vrs.sql), without validating the request twice.
-CREATE OR REPLACE FUNCTION dscsa._try_identifier_index_slot(gtin text, serial text, key_name text, slot integer)
+-- (...)` finds nothing) when the pair breaks a GS1 rule: for a lookup whose answer to a
+-- malformed request is "no such unit" (a VRS responder, examples/vrs.sql), without
+-- validating the request twice.
+CREATE OR REPLACE FUNCTION dscsa._try_identifier_index_slot(gtin text, serial text, key_name text, slot integer, slots integer)
     RETURNS bytea
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'try_identifier_index_slot_wrapper';
 CREATE OR REPLACE FUNCTION dscsa.try_identifier_index_candidates(gtin text, serial text, key_name text) RETURNS bytea[]

@@ -923,9 +923,10 @@ COMMENT ON FUNCTION dscsa.blind_index_candidates(text[], text, text) IS
     'Blind indexes of each element (NULLs skipped) under every loaded version of a blind-index key.';
 
 -- One candidate by position (NULL past the last): the planner spells the candidates as
--- separate slots for a table partitioned by the blind-index column, so that partition
--- pruning can evaluate each (src/lookup.rs). Raises rather than miss a version.
-CREATE OR REPLACE FUNCTION dscsa._blind_index_slot(value text, key_name text, kind text, slot integer)
+-- separate slots, `slots` of them (one per key version loaded when it planned, times the
+-- kinds), so that partition pruning and the index scan can use each (src/lookup). Raises
+-- (22023) when more versions are loaded than its plan has slots, rather than miss rows.
+CREATE OR REPLACE FUNCTION dscsa._blind_index_slot(value text, key_name text, kind text, slot integer, slots integer)
     RETURNS bytea
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'blind_index_slot_wrapper';
 
@@ -1013,7 +1014,7 @@ CREATE OR REPLACE FUNCTION dscsa.identifier_index(gtin text, serial text, key_na
 -- index scan with a known number of probes (src/lookup/support.rs).
 CREATE OR REPLACE FUNCTION dscsa._identifier_candidates_support(internal) RETURNS internal
     STABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'identifier_candidates_support';
-CREATE OR REPLACE FUNCTION dscsa._identifier_index_slot(gtin text, serial text, key_name text, slot integer)
+CREATE OR REPLACE FUNCTION dscsa._identifier_index_slot(gtin text, serial text, key_name text, slot integer, slots integer)
     RETURNS bytea
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'identifier_index_slot_wrapper';
 CREATE OR REPLACE FUNCTION dscsa.identifier_index_candidates(gtin text, serial text, key_name text) RETURNS bytea[]
@@ -1021,9 +1022,10 @@ CREATE OR REPLACE FUNCTION dscsa.identifier_index_candidates(gtin text, serial t
     SUPPORT dscsa._identifier_candidates_support
     AS 'MODULE_PATHNAME', 'identifier_index_candidates_pair_with_key_wrapper';
 -- The same, without candidates (NULL, or NULL slots as the planner spells it: `pi = ANY
--- (...)` finds nothing) when the pair breaks a GS1 rule: for a lookup whose answer to a malformed request is "no such unit" (a VRS
--- responder, examples/vrs.sql), without validating the request twice.
-CREATE OR REPLACE FUNCTION dscsa._try_identifier_index_slot(gtin text, serial text, key_name text, slot integer)
+-- (...)` finds nothing) when the pair breaks a GS1 rule: for a lookup whose answer to a
+-- malformed request is "no such unit" (a VRS responder, examples/vrs.sql), without
+-- validating the request twice.
+CREATE OR REPLACE FUNCTION dscsa._try_identifier_index_slot(gtin text, serial text, key_name text, slot integer, slots integer)
     RETURNS bytea
     STABLE STRICT PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'try_identifier_index_slot_wrapper';
 CREATE OR REPLACE FUNCTION dscsa.try_identifier_index_candidates(gtin text, serial text, key_name text) RETURNS bytea[]
@@ -3018,7 +3020,7 @@ GRANT EXECUTE ON FUNCTION dscsa._reencrypt_start(regclass, name, text, integer),
 GRANT EXECUTE ON FUNCTION dscsa.blind_index(text, text, text),
     dscsa.blind_index_candidates(text, text, text),
     dscsa.blind_index_candidates(text[], text, text),
-    dscsa._blind_index_slot(text, text, text, integer) TO dscsa_reader, dscsa_writer;
+    dscsa._blind_index_slot(text, text, text, integer, integer) TO dscsa_reader, dscsa_writer;
 -- Converting another application's ciphertext yields only ciphertext.
 GRANT EXECUTE ON FUNCTION dscsa.import_json(jsonb, text, text),
     dscsa.import_json(jsonb, text, text, text) TO dscsa_writer;
@@ -3082,9 +3084,9 @@ GRANT EXECUTE ON FUNCTION dscsa.identifier_index(text), dscsa.identifier_index(t
     dscsa.identifier_index(text, text, text),
     dscsa.identifier_index_candidates(text), dscsa.identifier_index_candidates(text, text),
     dscsa.identifier_index_candidates(text, text, text),
-    dscsa._identifier_index_slot(text, text, text, integer),
+    dscsa._identifier_index_slot(text, text, text, integer, integer),
     dscsa.try_identifier_index_candidates(text, text, text),
-    dscsa._try_identifier_index_slot(text, text, text, integer)
+    dscsa._try_identifier_index_slot(text, text, text, integer, integer)
     TO dscsa_reader, dscsa_writer;
 -- A VRS verdict decrypts (each field is checked against the key's decrypt grant too).
 GRANT EXECUTE ON FUNCTION

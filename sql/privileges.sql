@@ -111,7 +111,7 @@ GRANT EXECUTE ON FUNCTION dscsa._reencrypt_start(regclass, name, text, integer),
 GRANT EXECUTE ON FUNCTION dscsa.blind_index(text, text, text),
     dscsa.blind_index_candidates(text, text, text),
     dscsa.blind_index_candidates(text[], text, text),
-    dscsa._blind_index_slot(text, text, text, integer) TO dscsa_reader, dscsa_writer;
+    dscsa._blind_index_slot(text, text, text, integer, integer) TO dscsa_reader, dscsa_writer;
 -- Converting another application's ciphertext yields only ciphertext.
 GRANT EXECUTE ON FUNCTION dscsa.import_json(jsonb, text, text),
     dscsa.import_json(jsonb, text, text, text) TO dscsa_writer;
@@ -175,9 +175,9 @@ GRANT EXECUTE ON FUNCTION dscsa.identifier_index(text), dscsa.identifier_index(t
     dscsa.identifier_index(text, text, text),
     dscsa.identifier_index_candidates(text), dscsa.identifier_index_candidates(text, text),
     dscsa.identifier_index_candidates(text, text, text),
-    dscsa._identifier_index_slot(text, text, text, integer),
+    dscsa._identifier_index_slot(text, text, text, integer, integer),
     dscsa.try_identifier_index_candidates(text, text, text),
-    dscsa._try_identifier_index_slot(text, text, text, integer)
+    dscsa._try_identifier_index_slot(text, text, text, integer, integer)
     TO dscsa_reader, dscsa_writer;
 -- A VRS verdict decrypts (each field is checked against the key's decrypt grant too).
 GRANT EXECUTE ON FUNCTION

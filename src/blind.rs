@@ -200,57 +200,62 @@ pub(crate) fn only_candidate(
     }
 }
 
-/// A lookup found more candidates than its plan has slots (a version loaded, or a
-/// rotation committed, after the plan was made): 22023 rather than miss a row.
+/// A lookup found more candidates than its plan has slots (a version loaded after the
+/// plan was made, and the plan still running): 22023 rather than miss a row.
 fn refuse_stale_plan(key_name: &str) -> ! {
     raise(Error::InvalidArgument(format!(
         "more versions of blind-index key \"{key_name}\" are loaded than this plan was made for: run the statement again (DISCARD PLANS)"
     )))
 }
 
-/// How many candidate slots per field kind the planner spells for a lookup with blind-index
-/// key `key_name` (src/lookup): one per version loaded now, which the planner brings in
-/// step with the keyring first. A rotation by another session invalidates this session's
+/// How many slots per field kind the planner spells for a lookup with blind-index key
+/// `key_name` (src/lookup): one per version loaded now, which the planner brings in step
+/// with the keyring first. A rotation by another session invalidates this session's
 /// cached plans (src/rotation.rs) and loading a version resets them (keys::insert_all),
-/// so a plan is made again for the new count before it runs; a slot function that still
-/// finds more candidates than its plan has slots (a rotation committed in the middle of
-/// a statement) raises rather than miss a row.
+/// so a cached plan is made again for the new count before it runs. A plan can still
+/// outlive a load (a cursor, a statement that runs on while its session loads a version):
+/// its slot functions are told how many slots it has and refuse to run for more versions
+/// than that (`nth_slot`, `only_candidate`) rather than miss rows.
 pub(crate) fn lookup_slots(key_name: &str) -> usize {
     usize::try_from(keys::versions_loaded(key_name))
         .unwrap_or(0)
         .max(1)
 }
 
-/// All the slots of a lookup: `lookup_slots` for each field kind it hashes under. The
-/// planner spells this many and the slot function checks against it: one count for both.
+/// All the slots of a lookup: `lookup_slots` for each field kind it hashes under (what
+/// the planner spells, and tells each slot).
 pub(crate) fn lookup_slot_count(key_name: &str, kind_name: &str) -> usize {
-    slot_count(key_name, lookup_kinds(kind_name))
+    lookup_slots(key_name) * lookup_kinds(kind_name).len()
 }
 
-fn slot_count(key_name: &str, kinds: &[FieldKind]) -> usize {
-    lookup_slots(key_name) * kinds.len()
+/// How many slots the plan calling a slot function has: its argument `n`.
+///
+/// # Safety
+/// Argument `n` must exist, be non-NULL and be an int4.
+pub(crate) unsafe fn planned_slots(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> usize {
+    usize::try_from(arg_i32(fcinfo, n)).unwrap_or(0)
 }
 
-/// `dscsa._blind_index_slot(value, key_name, kind, slot)`: the `slot`-th (from 1) of
-/// `blind_index_candidates(value, key_name, kind)`, or NULL past the last (see `nth_slot`).
-/// A transparent lookup (src/lookup) runs it at every execution, so it is a plain V1
-/// function that reads its arguments in place.
+/// `dscsa._blind_index_slot(value, key_name, kind, slot, slots)`: the `slot`-th (from 1)
+/// of `blind_index_candidates(value, key_name, kind)`, or NULL past the last, for a plan
+/// of `slots` slots (see `nth_slot`). A transparent lookup (src/lookup) runs it at every
+/// execution, so it is a plain V1 function that reads its arguments in place.
 ///
 /// # Safety
 /// Called only through the V1 function below, whose SQL declaration is STRICT with
-/// arguments (text, text, text, integer).
+/// arguments (text, text, text, integer, integer).
 unsafe fn blind_index_slot(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     let value = arg_str(fcinfo, 0);
     let key_name = arg_str(fcinfo, 1);
     let kind_name = arg_str(fcinfo, 2);
     let slot = arg_i32(fcinfo, 3);
-    // The kind name is resolved once per call, for the slot count and the candidates.
+    let slots = planned_slots(fcinfo, 4);
+    // The kind name is resolved once per call.
     let kinds = lookup_kinds(kind_name);
-    let slots = slot_count(key_name, kinds);
-    if slots == 1 {
-        // One key version and one kind (the usual case): the one candidate, computed
-        // directly.
-        let kind = kinds[0];
+    if let ([kind], 1) = (kinds, slots) {
+        // Planned with one key version and one kind (the usual case): the one candidate,
+        // computed directly.
+        let kind = *kind;
         let only = only_candidate(key_name, |id, key| {
             audit::note(Op::BlindIndex, id, kind, b"");
             key.compute(id, kind, value)

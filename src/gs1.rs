@@ -39,14 +39,20 @@ fn violation(kind: FieldKind, value: &[u8]) -> Option<Gs1Error> {
     gs1::canonical_field(kind, text, year_for(kind)).err()
 }
 
-/// The current year where the rules need it (an expiry's century), 0 otherwise: reading
-/// the clock costs about as much as checking a GTIN or serial does.
+/// The year where the rules need it (an expiry's century), 0 otherwise.
 fn year_for(kind: FieldKind) -> i32 {
     if kind == FieldKind::Expiry {
-        gs1::current_year()
+        statement_year()
     } else {
         0
     }
+}
+
+/// The year (UTC) the current statement started in: the expiry's century window, the
+/// same for every row of a statement (the functions that use it are STABLE), and read
+/// without a clock call.
+pub(crate) fn statement_year() -> i32 {
+    gs1::year_at(crate::unguarded::statement_start() + crate::audit::POSTGRES_EPOCH_UNIX_US)
 }
 
 /// The plaintext to seal for a `kind` field: validated and canonical (GTIN-14) unless
@@ -84,7 +90,9 @@ unsafe fn parse_identifier_impl(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Dat
     let text = arg_utf8(fcinfo, 0)
         .map_err(|_| Error::Gs1(Gs1Error::Unrecognised))
         .or_raise();
-    let pi = gs1::parse_identifier(text).map_err(Error::from).or_raise();
+    let pi = gs1::parse_identifier_at(text, statement_year())
+        .map_err(Error::from)
+        .or_raise();
     let mut tupdesc: pg_sys::TupleDesc = std::ptr::null_mut();
     if pg_sys::get_call_result_type(fcinfo, std::ptr::null_mut(), &mut tupdesc)
         != pg_sys::TypeFuncClass::TYPEFUNC_COMPOSITE
@@ -212,16 +220,17 @@ enum OnInvalid {
     NoCandidates,
 }
 
-/// `dscsa._identifier_index_slot(gtin, serial, key_name, slot)` and
+/// `dscsa._identifier_index_slot(gtin, serial, key_name, slot, slots)` and
 /// `dscsa._try_identifier_index_slot(...)`: the `slot`-th (from 1) of
-/// `[try_]identifier_index_candidates(gtin, serial, key_name)`, or NULL past the last:
-/// what the planner calls in its place (src/lookup/support.rs), one call per loaded key
-/// version, all sharing one computation per statement. A VRS lookup runs it at every
-/// request, so it is a plain V1 function that reads its arguments in place.
+/// `[try_]identifier_index_candidates(gtin, serial, key_name)`, or NULL past the last, for
+/// a plan of `slots` slots (see `crate::blind::nth_slot`): what the planner calls in its
+/// place (src/lookup/support.rs), one call per loaded key version, all sharing one
+/// computation per statement. A VRS lookup runs it at every request, so it is a plain V1
+/// function that reads its arguments in place.
 ///
 /// # Safety
 /// Called only through the V1 functions below, whose SQL declarations are STRICT with
-/// arguments (text, text, text, integer).
+/// arguments (text, text, text, integer, integer).
 unsafe fn identifier_index_slot(
     fcinfo: pg_sys::FunctionCallInfo,
     on_invalid: OnInvalid,
@@ -236,14 +245,15 @@ unsafe fn identifier_index_slot(
     };
     let key_name = arg_str(fcinfo, 2);
     let slot = arg_i32(fcinfo, 3);
+    let slots = crate::blind::planned_slots(fcinfo, 4);
     let valid_pair = || match identifier_pair(gtin, serial) {
         Ok(pair) => Some(pair),
         Err(_) if on_invalid == OnInvalid::NoCandidates => None,
         Err(e) => crate::error::raise(Error::from(e)),
     };
-    let slots = crate::blind::lookup_slots(key_name);
     if slots == 1 {
-        // One key version loaded (the usual case): the one candidate, computed directly.
+        // Planned with one key version (the usual case): the one candidate, computed
+        // directly.
         let Some(pair) = valid_pair() else {
             return return_null(fcinfo);
         };

@@ -11,7 +11,7 @@
 //! (docs/BENCHMARKS.md, "VRS verification lookups").
 
 use dscsa_core::envelope::FieldKind;
-use dscsa_core::gs1::{current_year, verify};
+use dscsa_core::gs1::verify;
 use dscsa_core::Error;
 use pgrx::pg_sys;
 use zeroize::Zeroizing;
@@ -20,6 +20,7 @@ use crate::audit::Op;
 use crate::crypto::{open_for_comparison, record_tampering};
 use crate::error::raise;
 use crate::fmgr::{arg_bytes, arg_utf8, pg_v1_function, return_null, varlena_from};
+use crate::gs1::statement_year;
 
 /// Decrypted field argument `n` of `kind` as text; a value that does not authenticate is
 /// recorded as a tamper detection and raises, as `dscsa_decrypt` does.
@@ -73,7 +74,7 @@ unsafe fn verification_failure_reason_impl(fcinfo: pg_sys::FunctionCallInfo) -> 
     let expiry = field(fcinfo, 1, FieldKind::Expiry);
     let mismatch = match (request(fcinfo, 2), request(fcinfo, 3)) {
         (Some(want_lot), Some(want_expiry)) => {
-            verify::lot_expiry_mismatch(&lot, &expiry, want_lot, want_expiry, current_year())
+            verify::lot_expiry_mismatch(&lot, &expiry, want_lot, want_expiry, statement_year())
         }
         _ => Some(verify::Mismatch::LotAndExpiry),
     };

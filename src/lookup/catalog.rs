@@ -103,6 +103,7 @@ impl Catalog {
             )
         };
         let text = pg_sys::TEXTOID;
+        let int4 = pg_sys::INT4OID;
         let catalog = Catalog {
             namespace,
             trigger_fn: func(c"blind_index_trigger", &[]),
@@ -111,20 +112,17 @@ impl Catalog {
                 c"blind_index_candidates",
                 &[pg_sys::TEXTARRAYOID, text, text],
             ),
-            slot_fn: func(c"_blind_index_slot", &[text, text, text, pg_sys::INT4OID]),
+            slot_fn: func(c"_blind_index_slot", &[text, text, text, int4, int4]),
             bytea_eq_fn: pg_sys::get_opcode(pg_sys::Oid::from(pg_sys::ByteaEqualOperator)),
             identifier_candidates_fn: func(c"identifier_index_candidates", &[text, text, text]),
-            identifier_slot_fn: func(
-                c"_identifier_index_slot",
-                &[text, text, text, pg_sys::INT4OID],
-            ),
+            identifier_slot_fn: func(c"_identifier_index_slot", &[text, text, text, int4, int4]),
             try_identifier_candidates_fn: func(
                 c"try_identifier_index_candidates",
                 &[text, text, text],
             ),
             try_identifier_slot_fn: func(
                 c"_try_identifier_index_slot",
-                &[text, text, text, pg_sys::INT4OID],
+                &[text, text, text, int4, int4],
             ),
         };
         // An installation of another version (mid-upgrade) lacks some: do nothing.

@@ -176,7 +176,7 @@ unsafe fn init_plan(expr: *mut pg_sys::Node) -> *mut pg_sys::Node {
     sublink.cast()
 }
 
-/// `ARRAY[dscsa._blind_index_slot(value, key, kind, 1), ...]`: the candidates as separate
+/// `ARRAY[dscsa._blind_index_slot(value, key, kind, 1, n), ...]`: the candidates as separate
 /// STABLE expressions. Partition pruning evaluates each at executor start (it cannot look
 /// inside one array-valued function), so that a lookup on a table hash-partitioned by the
 /// blind-index column touches one partition per candidate. And the planner sees how many
@@ -203,8 +203,10 @@ pub(super) unsafe fn slots(
     .collect()
 }
 
-/// `function(args..., 1)`, ..., `function(args..., count)`: each call gets its own copy
-/// of the arguments and its slot number as the last.
+/// `function(args..., 1, count)`, ..., `function(args..., count, count)`: each call gets
+/// its own copy of the arguments, its slot number and how many slots the plan has (the
+/// slot refuses to run for more versions than that: a plan can outlive the load of a
+/// version, as a cursor does).
 pub(super) unsafe fn slot_calls(
     function: pg_sys::Oid,
     args: &[*mut pg_sys::Node],
@@ -216,16 +218,18 @@ pub(super) unsafe fn slot_calls(
             for &a in args {
                 list = pg_sys::lappend(list, pg_sys::copyObjectImpl(a.cast()));
             }
-            let slot_const = pg_sys::makeConst(
-                pg_sys::INT4OID,
-                -1,
-                pg_sys::InvalidOid,
-                4,
-                pg_sys::Datum::from(slot as i32),
-                false,
-                true,
-            );
-            list = pg_sys::lappend(list, slot_const.cast());
+            for number in [slot, count] {
+                let int4 = pg_sys::makeConst(
+                    pg_sys::INT4OID,
+                    -1,
+                    pg_sys::InvalidOid,
+                    4,
+                    pg_sys::Datum::from(number as i32),
+                    false,
+                    true,
+                );
+                list = pg_sys::lappend(list, int4.cast());
+            }
             pg_sys::makeFuncExpr(
                 function,
                 pg_sys::BYTEAOID,

@@ -7,7 +7,7 @@
 //! imply:
 //!
 //! ```text
-//! dscsa_decrypt(t.col[, ctx]) = v          ->  ... AND t.col_bidx = dscsa._blind_index_slot(v, key, kind, 1)
+//! dscsa_decrypt(t.col[, ctx]) = v          ->  ... AND t.col_bidx = dscsa._blind_index_slot(v, key, kind, 1, 1)
 //! dscsa_decrypt(t.col[, ctx]) IN (a, b)    ->  ... AND t.col_bidx = ANY (dscsa.blind_index_candidates(ARRAY[a, b], key, kind))
 //! dscsa_decrypt(t.col) = u.other_col       ->  ... AND t.col_bidx = ANY (dscsa.blind_index_candidates(u.other_col, key, kind))
 //! ```

@@ -8,7 +8,7 @@
 //! Written that way, the planner sees one array-valued call, counts it as ten elements in
 //! a generic plan, and the probe becomes an unnest join or a bitmap scan. This support
 //! function (`SupportRequestSimplify`) spells the call as
-//! `ARRAY[dscsa._identifier_index_slot($1, $2, 'key', 1), ...]`, one slot per version
+//! `ARRAY[dscsa._identifier_index_slot($1, $2, 'key', 1, n), ...]`, one slot per version
 //! loaded now, as transparent lookups do (condition.rs): the array's length is known,
 //! and `= ANY` of it is one index scan with one probe per version. The slots share one
 //! computation per statement and return exactly the candidates, in order; a slot refuses
@@ -74,6 +74,9 @@ unsafe fn simplified(request: *mut pg_sys::Node) -> Option<*mut pg_sys::Node> {
         return None;
     };
     let key_name = constant_text(key)?;
+    // The slots are counted from the versions loaded: first follow any rotation made (or
+    // rolled back) since, as transparent lookups do (condition.rs).
+    crate::keyring::sync_with_keyring();
     if !session_can_compute(&catalog, &key_name, (*call).funcid) {
         return None;
     }

@@ -23,7 +23,9 @@ use std::borrow::Cow;
 
 use crate::envelope::FieldKind;
 
-pub use rules::{check_digit_ok, cset82, current_year, expiry, expiry_field, gtin14, Field};
+pub use rules::{
+    check_digit_ok, cset82, current_year, expiry, expiry_field, gtin14, year_at, Field,
+};
 
 /// One unit (or lot) as the GS1 data it carries, canonical: GTIN-14, decoded serial and
 /// lot, expiry as YYMMDD.

@@ -161,5 +161,12 @@ pub fn current_year() -> i32 {
     let micros = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-    i32::try_from(crate::audit::utc_month(micros).div_euclid(12)).unwrap_or(i32::MAX)
+    year_at(micros)
+}
+
+/// The year (UTC) of a time in microseconds since the Unix epoch: the database layer
+/// anchors the window at its statement's start, so that its STABLE functions give one
+/// answer for the whole statement.
+pub fn year_at(unix_micros: i64) -> i32 {
+    i32::try_from(crate::audit::utc_month(unix_micros).div_euclid(12)).unwrap_or(i32::MAX)
 }

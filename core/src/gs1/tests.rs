@@ -88,6 +88,19 @@ fn expiry_dates() {
     // 2100 is not a leap year: 000229 read in 2080 is 2100-02-29, which does not exist.
     assert_eq!(expiry("000229", 2080), Err(Gs1Error::ExpiryDay));
     assert!((2024..2200).contains(&rules::current_year()));
+    // The year of a time (what the database layer passes: its statement's start), at
+    // the epoch and on both sides of a new year's midnight, leap years included.
+    const DAY_US: i64 = 86_400_000_000;
+    assert_eq!(rules::year_at(0), 1970);
+    assert_eq!(rules::year_at(-1), 1969);
+    let y2027 = 20_819 * DAY_US; // 2027-01-01T00:00:00Z
+    assert_eq!(rules::year_at(y2027 - 1), 2026);
+    assert_eq!(rules::year_at(y2027), 2027);
+    let y2029 = y2027 + (365 + 366) * DAY_US; // 2028 is a leap year
+    assert_eq!(rules::year_at(y2029 - 1), 2028);
+    assert_eq!(rules::year_at(y2029), 2029);
+    assert_eq!(rules::year_at(y2029 + 365 * DAY_US - 1), 2029);
+    assert_eq!(rules::year_at(y2029 + 365 * DAY_US), 2030);
 }
 
 #[test]

@@ -748,3 +748,49 @@ fn try_identifier_candidates_find_nothing_for_a_malformed_request() {
         "42501"
     );
 }
+
+/// As a transparent lookup's slots (tests/integration/tests/lookup.rs), the identifier
+/// index's slots refuse to run for more key versions than their plan was made for: a
+/// scrollable cursor rewound after the key was rotated and loaded in its transaction.
+#[test]
+fn identifier_slots_refuse_a_plan_made_for_fewer_key_versions() {
+    let (_db, mut c) = fresh_db("pi_stale_slots");
+    c.batch_execute(
+        "SELECT dscsa.create_blind_index_key('pk');
+         SELECT dscsa.load_key('pk');
+         CREATE TABLE unit (id bigint PRIMARY KEY, pi bytea NOT NULL UNIQUE);
+         INSERT INTO unit SELECT i, dscsa.identifier_index('00300010123455', 'SN' || i, 'pk')
+           FROM generate_series(1, 2000) i;
+         ANALYZE unit;",
+    )
+    .expect("units");
+    for function in [
+        "identifier_index_candidates",
+        "try_identifier_index_candidates",
+    ] {
+        c.batch_execute(&format!(
+            "BEGIN;
+             DECLARE probe SCROLL CURSOR FOR
+               SELECT id FROM unit WHERE pi = ANY (dscsa.{function}('00300010123455', 'SN7', 'pk'));"
+        ))
+        .expect("cursor");
+        assert_eq!(
+            c.query("FETCH ALL FROM probe", &[]).expect("fetch").len(),
+            1,
+            "{function}"
+        );
+        c.batch_execute("SELECT dscsa.rotate_key('pk'); SELECT dscsa.load_key('pk');")
+            .expect("rotate and load");
+        let err = c
+            .batch_execute("MOVE ABSOLUTE 0 IN probe; FETCH ALL FROM probe")
+            .expect_err(&format!("{function}: the rewound cursor should be refused"));
+        let refused = err.as_db_error().expect("a server error");
+        assert_eq!(refused.code().code(), "22023", "{}", refused.message());
+        assert!(
+            refused.message().contains("than this plan was made for"),
+            "{}",
+            refused.message()
+        );
+        c.batch_execute("ROLLBACK").expect("rollback");
+    }
+}

@@ -669,3 +669,67 @@ fn a_prepared_lookup_follows_a_blind_index_key_rotation() {
         )));
     }
 }
+
+/// A plan runs on after its session loaded another version of the blind-index key: a
+/// scrollable cursor declared with one version loaded (one slot), then with two (two
+/// slots), rewound after the key was rotated and the new version loaded in the same
+/// transaction. The rewound scan's slots find more versions than the plan has slots and
+/// refuse with 22023 rather than answer for some versions only (before the slots were
+/// told their plan's count, the two-slot cursor silently returned one row of three);
+/// declared again, the cursor is planned for every version and finds the rows of each.
+#[test]
+fn a_plan_made_for_fewer_key_versions_than_are_loaded_is_refused() {
+    let (_db, mut c) = inventory("lookup_stale_slots");
+    let declare = "BEGIN;
+         DECLARE by_name SCROLL CURSOR FOR SELECT id FROM stock_lot_plain WHERE name = 'LOT-5';";
+    for round in 1..=2 {
+        c.batch_execute(declare).expect("cursor");
+        let cursor_plan = plan(
+            &mut c,
+            "DECLARE plan_only SCROLL CURSOR FOR SELECT id FROM stock_lot_plain WHERE name = 'LOT-5'",
+        );
+        assert!(uses_blind_index(&cursor_plan), "{cursor_plan}");
+        assert!(
+            cursor_plan.contains(&format!("'lot'::text, {round}, {round})")),
+            "{round} slot(s): {cursor_plan}"
+        );
+        assert_eq!(
+            c.query("FETCH ALL FROM by_name", &[]).expect("fetch").len(),
+            1 + round,
+            "round {round}"
+        );
+        c.batch_execute(&format!(
+            "SELECT dscsa.rotate_key('bk'); SELECT dscsa.load_key('bk');
+             INSERT INTO stock_lot_plain (id, name, product_id) VALUES ({}, 'LOT-5', 1);",
+            30_000 + round
+        ))
+        .expect("rotate, load and insert under the new version");
+        let err = c
+            .batch_execute("MOVE ABSOLUTE 0 IN by_name; FETCH ALL FROM by_name")
+            .expect_err(&format!(
+                "round {round}: the rewound cursor should be refused"
+            ));
+        let refused = err.as_db_error().expect("a server error");
+        assert_eq!(refused.code().code(), "22023", "{}", refused.message());
+        assert!(
+            refused.message().contains("than this plan was made for"),
+            "{}",
+            refused.message()
+        );
+        c.batch_execute("ROLLBACK").expect("rollback");
+        // The rotation went with the transaction; this time it stays.
+        c.batch_execute(&format!(
+            "SELECT dscsa.rotate_key('bk'); SELECT dscsa.load_key('bk');
+             INSERT INTO stock_lot_plain (id, name, product_id) VALUES ({}, 'LOT-5', 1);",
+            30_000 + round
+        ))
+        .expect("rotate, load and insert under the new version");
+    }
+    c.batch_execute(declare).expect("cursor again");
+    assert_eq!(
+        c.query("FETCH ALL FROM by_name", &[]).expect("fetch").len(),
+        4,
+        "every version's rows"
+    );
+    c.batch_execute("COMMIT").expect("commit");
+}
