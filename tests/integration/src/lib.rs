@@ -358,6 +358,26 @@ pub fn explain(c: &mut Client, options: &str, sql: &str) -> String {
         .join("\n")
 }
 
+/// Asserts that `result` is a lookup's refusal to run a plan made for fewer versions of
+/// its blind-index key than are loaded now (22023, src/blind.rs `refuse_stale_plan`).
+pub fn refused_as_stale_plan(result: Result<(), postgres::Error>, what: &str) {
+    let err = result.expect_err(&format!("{what}: the plan should be refused"));
+    let refused = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("{what}: not a server error: {err}"));
+    assert_eq!(
+        refused.code().code(),
+        "22023",
+        "{what}: {}",
+        refused.message()
+    );
+    assert!(
+        refused.message().contains("than this plan was made for"),
+        "{what}: {}",
+        refused.message()
+    );
+}
+
 /// Whether `plan` (EXPLAIN text) compares blind-index column `column` with the candidates
 /// the transparent lookup adds: `col = _blind_index_slot(...)` with one key version
 /// loaded, `col = ANY (...)` with more or for an IN list. (The schema prints only when

@@ -692,20 +692,16 @@ fn vrs_example_answers_each_gs1_reason() {
         ask(&mut c, "00300010123455", "SN30", "A0", "260331"),
         (true, None)
     );
-    let verify_plan: Vec<String> = c
-        .query(
-            "EXPLAIN (COSTS OFF) SELECT * FROM vrs.verify('00300010123455', 'SN30', 'A0', '260331')",
-            &[],
-        )
-        .expect("plan")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let verify_plan = pg_dscsa_itest::explain(
+        &mut c,
+        "COSTS OFF",
+        "SELECT * FROM vrs.verify('00300010123455', 'SN30', 'A0', '260331')",
+    );
     assert!(
         verify_plan
-            .iter()
+            .lines()
             .any(|l| l.contains("Index Cond") && l.contains("_try_identifier_index_slot(")),
-        "one probe of the identifier index: {verify_plan:?}"
+        "one probe of the identifier index: {verify_plan}"
     );
     c.batch_execute("RESET plan_cache_mode").expect("reset");
     // Commissioning from a scan, then verifying it; the same unit again is refused.
@@ -730,17 +726,10 @@ fn vrs_example_answers_each_gs1_reason() {
     // The lookup is one probe of the product-identifier index.
     c.batch_execute("SET enable_seqscan = off; SET dscsa.identifier_index_key = 'vrs_bidx'")
         .expect("s");
-    let plan: Vec<String> = c
-        .query(
-            "EXPLAIN SELECT 1 FROM vrs.product_units u WHERE u.pi = ANY (dscsa.identifier_index_candidates('urn:epc:id:sgtin:0300010.012345.SN30'))",
-            &[],
-        )
-        .expect("plan")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert!(
-        plan.iter().any(|l| l.contains("product_units_pi_key")),
-        "{plan:?}"
+    let plan = pg_dscsa_itest::explain(
+        &mut c,
+        "COSTS OFF",
+        "SELECT 1 FROM vrs.product_units u WHERE u.pi = ANY (dscsa.identifier_index_candidates('urn:epc:id:sgtin:0300010.012345.SN30'))",
     );
+    assert!(plan.contains("product_units_pi_key"), "{plan}");
 }

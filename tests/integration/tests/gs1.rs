@@ -4,8 +4,8 @@
 //! spelling, and the product-identifier blind index as a UNIQUE constraint.
 
 use pg_dscsa_itest::{
-    connect, count, env, error_text, explain, fresh_db, session_with_keys, sqlstate, NOBODY,
-    READER, WRITER,
+    connect, count, env, error_text, explain, fresh_db, refused_as_stale_plan, session_with_keys,
+    sqlstate, NOBODY, READER, WRITER,
 };
 use postgres::Client;
 
@@ -508,19 +508,26 @@ fn probe(c: &mut Client, requests: &[(&str, &str)]) -> (Vec<Vec<i64>>, String) {
     (rows, plan)
 }
 
-#[test]
-fn identifier_candidates_are_planned_as_one_probe_per_key_version() {
-    let (db, mut c) = fresh_db("pi_slots");
-    c.batch_execute(
+/// A database with blind-index key `pk` (loaded here, `blind_index` granted to
+/// dscsa_reader) and `units` units indexed under it by product identifier (SN1, SN2, ...).
+fn indexed_units(tag: &str, units: i64) -> (String, Client) {
+    let (db, mut c) = fresh_db(tag);
+    c.batch_execute(&format!(
         "SELECT dscsa.create_blind_index_key('pk');
          SELECT dscsa.grant_key('pk', 'dscsa_reader', 'blind_index');
          SELECT dscsa.load_key('pk');
          CREATE TABLE unit (id bigint PRIMARY KEY, pi bytea NOT NULL UNIQUE);
          INSERT INTO unit SELECT i, dscsa.identifier_index('00300010123455', 'SN' || i, 'pk')
-           FROM generate_series(1, 5000) i;
-         ANALYZE unit;",
-    )
+           FROM generate_series(1, {units}) i;
+         ANALYZE unit;"
+    ))
     .expect("units under key version 1");
+    (db, c)
+}
+
+#[test]
+fn identifier_candidates_are_planned_as_one_probe_per_key_version() {
+    let (db, mut c) = indexed_units("pi_slots", 5000);
     let mut requests: Vec<(String, String)> = (0..40)
         .map(|i| ("00300010123455".to_string(), format!("SN{}", 1 + i * 127)))
         .collect();
@@ -613,17 +620,7 @@ fn identifier_candidates_are_planned_as_one_probe_per_key_version() {
 
 #[test]
 fn try_identifier_candidates_find_nothing_for_a_malformed_request() {
-    let (db, mut c) = fresh_db("pi_try");
-    c.batch_execute(
-        "SELECT dscsa.create_blind_index_key('pk');
-         SELECT dscsa.grant_key('pk', 'dscsa_reader', 'blind_index');
-         SELECT dscsa.load_key('pk');
-         CREATE TABLE unit (id bigint PRIMARY KEY, pi bytea NOT NULL UNIQUE);
-         INSERT INTO unit SELECT i, dscsa.identifier_index('00300010123455', 'SN' || i, 'pk')
-           FROM generate_series(1, 2000) i;
-         ANALYZE unit;",
-    )
-    .expect("units");
+    let (db, mut c) = indexed_units("pi_try", 2000);
     // Each breaks one GS1 rule: no candidates, no error (identifier_index_candidates
     // raises 22023 for each).
     let malformed = [
@@ -754,16 +751,7 @@ fn try_identifier_candidates_find_nothing_for_a_malformed_request() {
 /// scrollable cursor rewound after the key was rotated and loaded in its transaction.
 #[test]
 fn identifier_slots_refuse_a_plan_made_for_fewer_key_versions() {
-    let (_db, mut c) = fresh_db("pi_stale_slots");
-    c.batch_execute(
-        "SELECT dscsa.create_blind_index_key('pk');
-         SELECT dscsa.load_key('pk');
-         CREATE TABLE unit (id bigint PRIMARY KEY, pi bytea NOT NULL UNIQUE);
-         INSERT INTO unit SELECT i, dscsa.identifier_index('00300010123455', 'SN' || i, 'pk')
-           FROM generate_series(1, 2000) i;
-         ANALYZE unit;",
-    )
-    .expect("units");
+    let (_db, mut c) = indexed_units("pi_stale_slots", 2000);
     for function in [
         "identifier_index_candidates",
         "try_identifier_index_candidates",
@@ -781,15 +769,9 @@ fn identifier_slots_refuse_a_plan_made_for_fewer_key_versions() {
         );
         c.batch_execute("SELECT dscsa.rotate_key('pk'); SELECT dscsa.load_key('pk');")
             .expect("rotate and load");
-        let err = c
-            .batch_execute("MOVE ABSOLUTE 0 IN probe; FETCH ALL FROM probe")
-            .expect_err(&format!("{function}: the rewound cursor should be refused"));
-        let refused = err.as_db_error().expect("a server error");
-        assert_eq!(refused.code().code(), "22023", "{}", refused.message());
-        assert!(
-            refused.message().contains("than this plan was made for"),
-            "{}",
-            refused.message()
+        refused_as_stale_plan(
+            c.batch_execute("MOVE ABSOLUTE 0 IN probe; FETCH ALL FROM probe"),
+            function,
         );
         c.batch_execute("ROLLBACK").expect("rollback");
     }
