@@ -199,8 +199,9 @@ fn identifier_index_candidates_pair_with_key(
 /// `dscsa.try_identifier_index_candidates(gtin, serial, key_name)`: as
 /// `identifier_index_candidates`, but no candidates (NULL; NULL slots where the planner
 /// spells the call as slots: `= ANY` finds nothing either way) when the pair breaks a GS1
-/// rule, for a lookup whose answer to a malformed request is "no
-/// such unit" (a VRS responder: examples/vrs.sql) rather than an error.
+/// rule, for a lookup whose answer to a malformed request is "no such unit" (a VRS
+/// responder: examples/vrs.sql) rather than an error. A malformed pair is answered
+/// before the key is looked at.
 #[pg_extern(sql = false)]
 fn try_identifier_index_candidates(
     gtin: &str,
