@@ -176,14 +176,16 @@ pub(crate) fn nth_slot(
     all.into_iter().nth(slot)
 }
 
-/// The candidate of a lookup spelled as one slot (one key version loaded when it was
-/// planned, the usual case), `compute`d directly, without the per-statement cache the
-/// slots of a several-version lookup share. A version loaded since the plan was made is
-/// refused as in `nth_slot`.
+/// Slot `slot` of a lookup spelled as one slot (one key version loaded when it was
+/// planned, the usual case): its candidate, `compute`d directly without the
+/// per-statement cache the slots of a several-version lookup share, or NULL for a later
+/// slot (as `nth_slot`). A version loaded since the plan was made is refused as in
+/// `nth_slot`.
 pub(crate) fn only_candidate(
     key_name: &str,
+    slot: i32,
     compute: impl FnOnce(u32, &BlindIndexKey) -> Vec<u8>,
-) -> Vec<u8> {
+) -> Option<Vec<u8>> {
     let mut compute = Some(compute);
     let mut only = None;
     let mut versions = 0;
@@ -194,9 +196,23 @@ pub(crate) fn only_candidate(
         }
     });
     match only {
-        Some(index) if versions == 1 => index,
+        Some(index) if versions == 1 => (slot == 1).then_some(index),
         // for_each_loaded_version raises when no version is loaded.
         _ => refuse_stale_plan(key_name),
+    }
+}
+
+/// A slot function's result: the candidate, or NULL past the last.
+///
+/// # Safety
+/// `fcinfo` is the slot function's own call.
+pub(crate) unsafe fn slot_datum(
+    fcinfo: pg_sys::FunctionCallInfo,
+    candidate: Option<Vec<u8>>,
+) -> pg_sys::Datum {
+    match candidate {
+        Some(index) => varlena_from(&index),
+        None => return_null(fcinfo),
     }
 }
 
@@ -252,26 +268,21 @@ unsafe fn blind_index_slot(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     let slots = planned_slots(fcinfo, 4);
     // The kind name is resolved once per call.
     let kinds = lookup_kinds(kind_name);
-    if let ([kind], 1) = (kinds, slots) {
+    let candidate = if let ([kind], 1) = (kinds, slots) {
         // Planned with one key version and one kind (the usual case): the one candidate,
         // computed directly.
         let kind = *kind;
-        let only = only_candidate(key_name, |id, key| {
+        only_candidate(key_name, slot, |id, key| {
             audit::note(Op::BlindIndex, id, kind, b"");
             key.compute(id, kind, value)
+        })
+    } else {
+        let all = shared_candidates(key_name, &[kind_name, value], slots, || {
+            candidates_of(&[value], key_name, kinds)
         });
-        return match slot {
-            1 => varlena_from(&only),
-            _ => return_null(fcinfo),
-        };
-    }
-    let all = shared_candidates(key_name, &[kind_name, value], slots, || {
-        candidates_of(&[value], key_name, kinds)
-    });
-    match nth_slot(all, slots, key_name, slot) {
-        Some(index) => varlena_from(&index),
-        None => return_null(fcinfo),
-    }
+        nth_slot(all, slots, key_name, slot)
+    };
+    slot_datum(fcinfo, candidate)
 }
 
 pg_v1_function!(

@@ -52,7 +52,7 @@ fn year_for(kind: FieldKind) -> i32 {
 /// same for every row of a statement (the functions that use it are STABLE), and read
 /// without a clock call.
 pub(crate) fn statement_year() -> i32 {
-    gs1::year_at(crate::unguarded::statement_start() + crate::audit::POSTGRES_EPOCH_UNIX_US)
+    gs1::year_at(crate::audit::statement_start_micros())
 }
 
 /// The plaintext to seal for a `kind` field: validated and canonical (GTIN-14) unless
@@ -252,31 +252,25 @@ unsafe fn identifier_index_slot(
         Err(_) if on_invalid == OnInvalid::NoCandidates => None,
         Err(e) => crate::error::raise(Error::from(e)),
     };
-    if slots == 1 {
+    let candidate = if slots == 1 {
         // Planned with one key version (the usual case): the one candidate, computed
         // directly.
-        let Some(pair) = valid_pair() else {
-            return return_null(fcinfo);
-        };
-        let only = crate::blind::only_candidate(key_name, |id, key| {
-            audit::note(Op::BlindIndex, id, FieldKind::Serial, b"");
-            key.compute_identifier(id, &pair)
-        });
-        return match slot {
-            1 => varlena_from(&only),
-            _ => return_null(fcinfo),
-        };
-    }
-    let all =
-        crate::blind::shared_candidates(key_name, &["identifier", gtin, serial], slots, || {
-            valid_pair()
-                .map(|pair| identifier_index_candidates(&pair, key_name))
-                .unwrap_or_default()
-        });
-    match crate::blind::nth_slot(all, slots, key_name, slot) {
-        Some(index) => varlena_from(&index),
-        None => return_null(fcinfo),
-    }
+        valid_pair().and_then(|pair| {
+            crate::blind::only_candidate(key_name, slot, |id, key| {
+                audit::note(Op::BlindIndex, id, FieldKind::Serial, b"");
+                key.compute_identifier(id, &pair)
+            })
+        })
+    } else {
+        let all =
+            crate::blind::shared_candidates(key_name, &["identifier", gtin, serial], slots, || {
+                valid_pair()
+                    .map(|pair| identifier_index_candidates(&pair, key_name))
+                    .unwrap_or_default()
+            });
+        crate::blind::nth_slot(all, slots, key_name, slot)
+    };
+    crate::blind::slot_datum(fcinfo, candidate)
 }
 
 pg_v1_function!(

@@ -179,19 +179,15 @@ pub fn key_id_of(index: &[u8]) -> Option<u32> {
 pub fn normalize(kind: FieldKind, value: &str) -> Cow<'_, str> {
     let trimmed = value.trim_matches(|c: char| c.is_ascii_whitespace());
     match kind {
-        // Built by hand rather than with format!: a VRS request normalizes an expiry,
-        // and a lookup a GTIN, at every execution.
         FieldKind::Gtin
             if matches!(trimmed.len(), 8 | 12 | 13)
                 && trimmed.bytes().all(|b| b.is_ascii_digit()) =>
         {
-            let mut gtin14 = String::with_capacity(14);
-            gtin14.extend(std::iter::repeat_n('0', 14 - trimmed.len()));
-            gtin14.push_str(trimmed);
-            Cow::Owned(gtin14)
+            Cow::Owned(crate::gs1::zero_padded_14(trimmed))
         }
         FieldKind::Expiry if is_iso_date(trimmed) => {
-            // YYYY-MM-DD (ASCII digits, checked above) as YYMMDD.
+            // YYYY-MM-DD (ASCII digits, checked above) as YYMMDD, built by hand rather
+            // than with format!: a VRS request normalizes an expiry at every lookup.
             let mut yymmdd = String::with_capacity(6);
             for part in [&trimmed[2..4], &trimmed[5..7], &trimmed[8..10]] {
                 yymmdd.push_str(part);

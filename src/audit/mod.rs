@@ -38,7 +38,7 @@ use pgrx::pg_sys;
 use crate::{guc, owner, shmem};
 
 pub use events::{key_event_now, tamper};
-pub use session::{now_micros, origin};
+pub use session::{now_micros, origin, statement_start_micros};
 
 /// Microseconds from 1970-01-01 to PostgreSQL's epoch, 2000-01-01.
 pub const POSTGRES_EPOCH_UNIX_US: i64 = 946_684_800_000_000;

@@ -24,7 +24,8 @@ use std::borrow::Cow;
 use crate::envelope::FieldKind;
 
 pub use rules::{
-    check_digit_ok, cset82, current_year, expiry, expiry_field, gtin14, year_at, Field,
+    check_digit_ok, cset82, current_year, expiry, expiry_field, gtin14, year_at, zero_padded_14,
+    Field,
 };
 
 /// One unit (or lot) as the GS1 data it carries, canonical: GTIN-14, decoded serial and

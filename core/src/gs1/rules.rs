@@ -45,11 +45,19 @@ pub fn gtin14(gtin: &str) -> Result<String> {
     if !check_digit_ok(gtin) {
         return Err(Gs1Error::GtinCheckDigit);
     }
-    // Zero-padded to 14 digits (a VRS request validates one per lookup: no formatter).
+    Ok(zero_padded_14(gtin))
+}
+
+/// `digits` (at most 14) left-padded with zeros to 14: a GTIN-8/12/13 as GTIN-14. Built
+/// by hand rather than with `format!`: a VRS request pads one at every lookup.
+pub fn zero_padded_14(digits: &str) -> String {
     let mut gtin14 = String::with_capacity(14);
-    gtin14.extend(std::iter::repeat_n('0', 14 - gtin.len()));
-    gtin14.push_str(gtin);
-    Ok(gtin14)
+    gtin14.extend(std::iter::repeat_n(
+        '0',
+        14usize.saturating_sub(digits.len()),
+    ));
+    gtin14.push_str(digits);
+    gtin14
 }
 
 /// GS1 AI encodable character set 82.
