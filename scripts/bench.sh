@@ -2,7 +2,7 @@
 # Benchmarks pg_dscsa against plaintext and pgcrypto baselines in one run on the same
 # data (bench/bench.sql). Timings are printed, never asserted: these machines are noisy.
 #   ROWS=1000000 REPS=5 bash scripts/bench.sh
-#   BENCH_ONLY=micro|migration|vrs|audit|kms|lookup|gs1 runs one part (default: all seven)
+#   BENCH_ONLY=micro|migration|vrs|audit|kms|lookup|insert|gs1 runs one part (default: all eight)
 #   DSCSA_BENCH_KEEP=1 leaves the benchmark cluster (port 55434) running afterwards
 # pg_dscsa is preloaded and its audit trail on (the normal installation); the audit part
 # and the VRS part also measure the trail off and in sync mode, in the same run.
@@ -79,7 +79,7 @@ if wants kms; then
     bench_kms
 fi
 
-if ! wants vrs && ! wants audit && ! wants lookup; then exit 0; fi
+if ! wants vrs && ! wants audit && ! wants lookup && ! wants insert; then exit 0; fi
 VRS_ROWS="${VRS_ROWS:-${ROWS}}"
 CLIENTS="${CLIENTS:-8}"
 # Many short rounds rather than a few long ones (eleven of 8 s against three of 30 s, about
@@ -203,10 +203,13 @@ run_rounds() {
     done
 }
 
-if wants lookup; then
-log "Transparent lookups: ${VRS_ROWS} units, the application's query through the view vs a plaintext unique index (pgbench)"
+if wants lookup || wants insert; then
+log "Transparent lookups: ${VRS_ROWS} units protected with a blind index, and the same in a plaintext table"
 as_postgres psql -X -q -h /tmp -p "${BENCH_PORT}" -d postgres -v ON_ERROR_STOP=1 \
     -v rows="${VRS_ROWS}" -f "${REPO_ROOT}/bench/lookup_setup.sql"
+fi
+if wants lookup; then
+log "Transparent lookups: the application's query through the view vs a plaintext unique index (pgbench)"
 run_rounds "Lookup" lookup_medians.txt \
     "lk_plain|lookup_plain.pgbench|" \
     "lk_view|lookup_view.pgbench|" \
@@ -221,6 +224,18 @@ run_rounds "Lookup, computed value" lookup_computed_medians.txt \
 settle_server
 as_postgres psql -X -q -h /tmp -p "${BENCH_PORT}" -d postgres -v ON_ERROR_STOP=1 \
     -v rows="${VRS_ROWS}" -f "${REPO_ROOT}/bench/lookup_loop.sql"
+fi
+
+if wants insert; then
+# A packaging line's write: one unit inserted per transaction (rolled back, so that the
+# WAL flush of a commit, the same on every side, does not hide the insert's own work),
+# into the tables of the lookup part. The view's and the direct insert encrypt under
+# dscsa.key_name.
+log "Inserts: the application's INSERT through the view vs the plaintext table (pgbench)"
+run_rounds "Insert" insert_medians.txt \
+    "ins_plain|insert_plain.pgbench|" \
+    "ins_view|insert_view.pgbench|-c dscsa.key_name=bench" \
+    "ins_direct|insert_direct.pgbench|-c dscsa.key_name=bench"
 fi
 
 if ! wants vrs && ! wants audit; then exit 0; fi

@@ -12,6 +12,7 @@
 use std::io::Write;
 
 use postgres::fallible_iterator::FallibleIterator;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -187,9 +188,13 @@ fn export(t: &mut Client) -> String {
 
 /// Runs the offline verifier on an export, with the server log; returns (exit code, stdout).
 fn cli_verify(export_text: &str, tag: &str) -> (i32, String) {
-    let dir = std::env::temp_dir().join(format!("pg_dscsa_audit_{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let path = dir.join(format!("{tag}.jsonl"));
+    // One file per call, removed afterwards (tests of this binary may run side by side).
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "pg_dscsa_audit_{}_{}_{tag}.jsonl",
+        std::process::id(),
+        CALLS.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::File::create(&path)
         .and_then(|mut f| f.write_all(export_text.as_bytes()))
         .expect("write export");
