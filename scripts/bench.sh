@@ -204,7 +204,7 @@ run_rounds() {
 }
 
 if wants lookup || wants insert; then
-log "Transparent lookups: ${VRS_ROWS} units protected with a blind index, and the same in a plaintext table"
+log "Lookup and insert data: ${VRS_ROWS} units protected with a blind index, and the same in a plaintext table"
 as_postgres psql -X -q -h /tmp -p "${BENCH_PORT}" -d postgres -v ON_ERROR_STOP=1 \
     -v rows="${VRS_ROWS}" -f "${REPO_ROOT}/bench/lookup_setup.sql"
 fi
