@@ -161,4 +161,41 @@ mod tests {
             Some("before")
         );
     }
+
+    /// The ASCII fast path of the text-argument reader (src/fmgr.rs) answers exactly what
+    /// the full validator answers: valid ASCII, valid multi-byte UTF-8, invalid bytes
+    /// after an ASCII prefix, truncated sequences, overlong forms, surrogates.
+    #[pg_test]
+    fn utf8_fast_path_agrees_with_the_validator() {
+        let cases: [&[u8]; 10] = [
+            b"",
+            b"SN0000000000000001",
+            "Grüße ✓ 漢字".as_bytes(),
+            b"ascii then \xff",
+            b"\xc3",
+            b"\xc0\xaf",
+            b"\xed\xa0\x80",
+            b"a\x00b",
+            b"\x7f",
+            b"0123456789abcdef0123456789abcdef\x80",
+        ];
+        for bytes in cases {
+            assert_eq!(
+                crate::fmgr::utf8(bytes).ok(),
+                std::str::from_utf8(bytes).ok(),
+                "{bytes:?}"
+            );
+        }
+        // Decryption's encoding check (its UTF-8 branch uses the fast path) still refuses
+        // what PostgreSQL would refuse.
+        // SAFETY: reads a backend global.
+        if unsafe { pg_sys::GetDatabaseEncoding() } == pg_sys::pg_enc::PG_UTF8 as i32 {
+            assert!(!crate::crypto::valid_in_database_encoding(b"a\x00b"));
+            assert!(!crate::crypto::valid_in_database_encoding(b"ok \xff"));
+            assert!(crate::crypto::valid_in_database_encoding(
+                "Grüße".as_bytes()
+            ));
+            assert!(crate::crypto::valid_in_database_encoding(b"SN01"));
+        }
+    }
 }

@@ -2,7 +2,8 @@
 # Benchmarks pg_dscsa against plaintext and pgcrypto baselines in one run on the same
 # data (bench/bench.sql). Timings are printed, never asserted: these machines are noisy.
 #   ROWS=1000000 REPS=5 bash scripts/bench.sh
-#   BENCH_ONLY=micro|migration|vrs|audit|kms|lookup|insert|gs1 runs one part (default: all eight)
+#   BENCH_ONLY=micro|migration|vrs|audit|kms|lookup|insert|instructions|gs1 runs one part
+#   (default: all nine)
 #   DSCSA_BENCH_KEEP=1 leaves the benchmark cluster (port 55434) running afterwards
 # pg_dscsa is preloaded and its audit trail on (the normal installation); the audit part
 # and the VRS part also measure the trail off and in sync mode, in the same run.
@@ -79,7 +80,7 @@ if wants kms; then
     bench_kms
 fi
 
-if ! wants vrs && ! wants audit && ! wants lookup && ! wants insert; then exit 0; fi
+if ! wants vrs && ! wants audit && ! wants lookup && ! wants insert && ! wants instructions; then exit 0; fi
 VRS_ROWS="${VRS_ROWS:-${ROWS}}"
 CLIENTS="${CLIENTS:-8}"
 # Many short rounds rather than a few long ones (eleven of 8 s against three of 30 s, about
@@ -203,7 +204,7 @@ run_rounds() {
     done
 }
 
-if wants lookup || wants insert; then
+if wants lookup || wants insert || wants instructions; then
 log "Lookup and insert data: ${VRS_ROWS} units protected with a blind index, and the same in a plaintext table"
 as_postgres psql -X -q -h /tmp -p "${BENCH_PORT}" -d postgres -v ON_ERROR_STOP=1 \
     -v rows="${VRS_ROWS}" -f "${REPO_ROOT}/bench/lookup_setup.sql"
@@ -236,6 +237,11 @@ run_rounds "Insert" insert_medians.txt \
     "ins_plain|insert_plain.pgbench|" \
     "ins_view|insert_view.pgbench|-c dscsa.key_name=bench" \
     "ins_direct|insert_direct.pgbench|-c dscsa.key_name=bench"
+fi
+
+if wants instructions; then
+    source "${REPO_ROOT}/scripts/bench_instructions.sh"
+    bench_instructions
 fi
 
 if ! wants vrs && ! wants audit; then exit 0; fi

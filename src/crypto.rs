@@ -130,7 +130,7 @@ pub(crate) fn valid_in_database_encoding(bytes: &[u8]) -> bool {
     });
     if utf8 {
         // Rust's validator is PostgreSQL's rule for UTF-8 text, plus: text holds no NUL.
-        return std::str::from_utf8(bytes).is_ok() && !bytes.contains(&0);
+        return crate::fmgr::utf8(bytes).is_ok() && !bytes.contains(&0);
     }
     // SAFETY: pg_verifymbstr only reads `len` bytes and, with noError, never raises.
     unsafe { pg_sys::pg_verifymbstr(bytes.as_ptr().cast(), bytes.len() as i32, true) }

@@ -93,7 +93,20 @@ pub unsafe fn arg_utf8<'a>(
     fcinfo: pg_sys::FunctionCallInfo,
     n: usize,
 ) -> Result<&'a str, std::str::Utf8Error> {
-    std::str::from_utf8(arg_bytes(fcinfo, n))
+    utf8(arg_bytes(fcinfo, n))
+}
+
+/// `std::str::from_utf8` with an ASCII fast path. Key names, field kinds and GS1 data
+/// are ASCII, and on such short strings the word-at-a-time ASCII test costs a fraction
+/// of the general validator (about 100 instructions less per call under callgrind; a
+/// transparent lookup reads three text arguments).
+#[inline]
+pub fn utf8(bytes: &[u8]) -> Result<&str, std::str::Utf8Error> {
+    if bytes.is_ascii() {
+        // SAFETY: ASCII is valid UTF-8.
+        return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
+    }
+    std::str::from_utf8(bytes)
 }
 
 /// A non-NULL `integer` argument.

@@ -32,7 +32,7 @@ fn not_text(kind: FieldKind) -> Gs1Error {
 
 /// The rule `value` breaks as a `kind` field, if any.
 fn violation(kind: FieldKind, value: &[u8]) -> Option<Gs1Error> {
-    let text = match std::str::from_utf8(value) {
+    let text = match crate::fmgr::utf8(value) {
         Ok(t) => t,
         Err(_) => return Some(not_text(kind)),
     };
@@ -64,7 +64,7 @@ pub(crate) fn checked_plaintext(
     if kind == FieldKind::Generic || !GS1_VALIDATION.get() {
         return Ok(None);
     }
-    let text = std::str::from_utf8(plaintext).map_err(|_| not_text(kind))?;
+    let text = crate::fmgr::utf8(plaintext).map_err(|_| not_text(kind))?;
     match gs1::canonical_field(kind, text, year_for(kind))? {
         Cow::Borrowed(_) => Ok(None),
         Cow::Owned(canonical) => Ok(Some(Zeroizing::new(canonical.into_bytes()))),

@@ -213,7 +213,7 @@ fn plaintext_of(trigger: &Trigger<'_>, attnum: i32) -> Option<Zeroizing<Vec<u8>>
 fn blind_index_bytes(bidx_key: &str, kind: FieldKind, plaintext: &[u8]) -> Vec<u8> {
     require_execute(Routine::BlindIndex).or_raise();
     ensure_loaded(bidx_key);
-    let text = std::str::from_utf8(plaintext).unwrap_or_else(|_| raise(Error::InvalidTextEncoding));
+    let text = crate::fmgr::utf8(plaintext).unwrap_or_else(|_| raise(Error::InvalidTextEncoding));
     active_blind_index(bidx_key, kind, text)
 }
 
