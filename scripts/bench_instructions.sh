@@ -44,7 +44,7 @@ instr_backend_file() {
 }
 
 # instr_run NAME SCRIPT PGOPTIONS TRANSACTIONS: prints the instruction count of the run's
-# backend and the inclusive count of its blind-index function (the software SHA-256).
+# backend and the instructions it spent in SHA-256's software block function.
 instr_run() {
     local name="$1" script="$2" options="$3" t="$4" dir="${BENCH_ROOT}/callgrind" before file children
     before="$(ls "${dir}"/cg.* 2>/dev/null | sort)"
@@ -79,11 +79,8 @@ bench_instructions() {
         (( waited < 600 )) || { tail -n 20 "${dir}/postmaster.log" >&2; die "the cluster did not start under callgrind"; }
         sleep 0.5; waited=$((waited + 1))
     done
-    for _ in $(seq 1 600); do
-        [[ "$(as_postgres psql -X -qAt -h /tmp -p "${BENCH_PORT}" -d postgres \
-            -c "SELECT worker_ready FROM dscsa.audit_status()" 2>/dev/null)" == t ]] && break
-        sleep 0.5
-    done
+    # The audit worker starts about 50 times slower too.
+    wait_for_audit_worker "${BENCH_PORT}" postgres 300
 
     local results="${dir}/results.txt" spec name script options
     : >"${results}"

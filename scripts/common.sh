@@ -131,11 +131,12 @@ stop_pooler() {
     fi
 }
 
-# Waits (up to 30 s) until pg_dscsa's audit worker writes the trail in DATABASE.
-#   wait_for_audit_worker PORT DATABASE
+# Waits (up to SECONDS, default 30) until pg_dscsa's audit worker writes the trail in
+# DATABASE.
+#   wait_for_audit_worker PORT DATABASE [SECONDS]
 wait_for_audit_worker() {
-    local port="$1" db="$2"
-    for _ in $(seq 1 300); do
+    local port="$1" db="$2" seconds="${3:-30}"
+    for _ in $(seq 1 $((seconds * 10))); do
         if [ "$("${PG_BIN}/psql" -X -qAt -h 127.0.0.1 -p "${port}" -U postgres -d "${db}" \
                 -c "SELECT worker_ready FROM dscsa.audit_status()" 2>/dev/null)" = "t" ]; then
             return 0
