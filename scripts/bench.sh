@@ -214,7 +214,8 @@ log "Transparent lookups: the application's query through the view vs a plaintex
 run_rounds "Lookup" lookup_medians.txt \
     "lk_plain|lookup_plain.pgbench|" \
     "lk_view|lookup_view.pgbench|" \
-    "lk_trl_off|lookup_view.pgbench|-c dscsa.audit=off"
+    "lk_trl_off|lookup_view.pgbench|-c dscsa.audit=off" \
+    "lk_shape|lookup_shape.pgbench|"
 # The same lookup with the compared value computed in the query (evaluated twice in the
 # encrypted plan: index key and recheck), in rounds of its own.
 run_rounds "Lookup, computed value" lookup_computed_medians.txt \
