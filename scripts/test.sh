@@ -10,6 +10,9 @@
 #   6. the search_path pass: 4 and 5 again with a booby-trapped schema
 #      (tests/trap/trap.sql) in every session's search_path; the run fails if any
 #      trap was reached. Log hygiene last, over the whole server log.
+#   7. the benchmarks (`make bench`) end to end at toy size, so that they keep running:
+#      every part and its own checks (plans, answers, every spelling of a unit), with the
+#      timings printed and never asserted.
 # The cluster preloads pg_dscsa and keeps its audit trail in database dscsa_audit; a
 # streaming replica (hot standby) forwards its audit records to it. Real KMS providers
 # (SoftHSM2, moto, OpenBao: scripts/kms_providers.sh) serve the production hooks' tests.
@@ -39,7 +42,7 @@ require_free_space 6 12 "${REPO_ROOT}/target" "${TEST_ROOT}"
 bash scripts/setup.sh --deps-only
 install_test_packages
 
-log "1/6 Formatting, lints, upgrade script"
+log "1/7 Formatting, lints, upgrade script"
 cargo fmt --all -- --check
 cargo clippy --workspace --exclude dscsa-hooks --all-targets --features pg_test -- -D warnings
 # The hooks in the profile they are built and installed with (one build of the AWS SDK).
@@ -50,10 +53,10 @@ for delta in sql/upgrade/*--"${VERSION}".sql; do
     bash scripts/gen_upgrade.sh --check "${from}" "${VERSION}"
 done
 
-log "2/6 Core unit, property and test-vector tests (dscsa-core)"
+log "2/7 Core unit, property and test-vector tests (dscsa-core)"
 cargo test -p dscsa-core
 
-log "3/6 #[pg_test] tests in a PostgreSQL ${PG_MAJOR} backend"
+log "3/7 #[pg_test] tests in a PostgreSQL ${PG_MAJOR} backend"
 # The development hook must sit next to postgres for the embedded default hook.
 cargo build --release -q -p dscsa-core --bins
 install -m 0755 target/release/pg_dscsa_devkms "${PG_BIN}/pg_dscsa_devkms"
@@ -156,14 +159,14 @@ run_integration() {
     cargo test --no-fail-fast -p pg_dscsa_itest "${targets[@]}"
 }
 
-log "4/6 pg_regress and isolation tests"
+log "4/7 pg_regress and isolation tests"
 run_regress "public, dscsa" plain
 run_isolation "public, dscsa" plain
 
-log "5/6 Client integration tests"
+log "5/7 Client integration tests"
 run_integration
 
-log "6/6 The search_path pass: regress and integration tests with a booby-trapped schema in every search_path"
+log "6/7 The search_path pass: regress and integration tests with a booby-trapped schema in every search_path"
 psql_test -d template1 -f tests/trap/trap.sql
 # (template1 of the standby gets it by replication.)
 export DSCSA_TEST_TRAP=1
@@ -175,5 +178,19 @@ if grep -nE '(LOG|ERROR): +dscsa_trap_sprung' "${DATADIR}/server.log" | head -n 
 fi
 unset DSCSA_TEST_TRAP
 cargo test -p pg_dscsa_itest --test log_hygiene
+
+log "7/7 The benchmarks at toy size (every part of make bench on 2,000 units, one 1-second round each; timings not asserted)"
+ROWS=2000 MROWS=2000 REPS=1 MIG_ROUNDS=1 VRS_ROUNDS=1 SECONDS_PER_RUN=1 KMS_SECONDS=1 KMS_LOADS=5 \
+    INSTR_N1=20 INSTR_N2=40 bash scripts/bench.sh >"${TEST_ROOT}/bench.log" 2>&1 \
+    || { tail -n 40 "${TEST_ROOT}/bench.log" >&2; die "the benchmarks failed at toy size (whole log: ${TEST_ROOT}/bench.log)"; }
+# Every part printed its result (a part that stopped being run would pass silently).
+for result in "Per-row cost (microseconds) and ratios" "Median per mode, and ratios" "Migration of 2000 rows: median of 1 rounds" \
+    "GS1 parsing and product-identifier index of 2000 identifiers" "pooled throughput, cache on / cache off" \
+    " transit  | off " "Lookup inside one backend" "Instructions per transaction (callgrind" \
+    "trail sync/trail off throughput"; do
+    grep -qF -- "${result}" "${TEST_ROOT}/bench.log" || die "the benchmarks at toy size printed no \"${result}\" (${TEST_ROOT}/bench.log)"
+done
+[[ "$(grep -c '^Median of 1 rounds' "${TEST_ROOT}/bench.log")" == 4 ]] \
+    || die "the benchmarks at toy size did not print the medians of their four pgbench parts (${TEST_ROOT}/bench.log)"
 
 log "All test layers passed"
